@@ -1,0 +1,40 @@
+//! wsktls's only contact with Windows.
+//!
+//! One set of declarations for everything the driver uses from the NT kernel and from
+//! Winsock Kernel: NTSTATUS values, the I/O manager's structures (IRP, IO_STACK_LOCATION,
+//! MDL, ...), the WSK structures and dispatch tables, the imported functions, and the
+//! wdm.h inline helpers written in Rust. Layouts are the real Windows x64 ones; the
+//! `layout` test checks them against MinGW's DDK headers and wsk.h's documented values.
+//!
+//! The kernel build links the imports against ntoskrnl.exe, hal.dll, NETIO.SYS and
+//! ksecdd.sys. Host builds link them against `ntsim`, the user-mode kernel in
+//! `tests/ntsim`, which implements the same functions over the same structures. The
+//! driver code is the same in both.
+//!
+//! Besides the declarations, `pool` holds the two owners of nonpaged memory every layer
+//! uses (`PoolBox`, `PoolBuffer`), so no code above this crate calls the pool or MDL
+//! functions directly. Names follow the Windows headers so a reader can check each item
+//! against its documentation.
+#![no_std]
+#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod basic;
+mod ex;
+mod inet;
+mod io;
+mod ke;
+mod mm;
+mod pool;
+mod status;
+mod wsk;
+
+pub use basic::*;
+pub use ex::*;
+pub use inet::*;
+pub use io::*;
+pub use ke::*;
+pub use mm::*;
+pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
+pub use status::*;
+pub use wsk::*;
