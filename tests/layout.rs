@@ -1,0 +1,578 @@
+//! The NT and WSK declarations in `wsktls::nt` have the real Windows x64 layouts and values.
+//!
+//! Each check turns Rust facts (`size_of`, `align_of`, `offset_of!`, constant values) into C
+//! `_Static_assert`s and compiles them with a compiler that targets Windows x64
+//! (`x86_64-w64-mingw32-gcc`, where LONG is 32 bits and pointers 64, as on Windows) against
+//! MinGW's DDK and winsock headers. Any difference is a compile error that names the Rust
+//! item. MinGW has no wsk.h, so the WSK structures are compiled against
+//! `tests/layout/wsk_documented.h`, written down from Microsoft's wsk.h documentation.
+//!
+//! The compiler is required: without it these tests fail, naming the Debian packages to
+//! install. They never skip.
+
+use std::io::ErrorKind;
+use std::mem::{align_of, offset_of, size_of};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wsktls::nt::*;
+
+const COMPILER: &str = "x86_64-w64-mingw32-gcc";
+const DDK_HEADERS: &str = "/usr/share/mingw-w64/include/ddk";
+const PACKAGES: &str = "gcc-mingw-w64-x86-64 and mingw-w64-x86-64-dev";
+
+/// Kernel-mode translation units: MinGW's ntddk.h (which includes wdm.h) and ntstatus.h.
+const NT_HEADERS: &[&str] = &["<ntddk.h>", "<ntstatus.h>"];
+/// The WSK structures: the kernel headers plus wsk.h as documented.
+const WSK_HEADERS: &[&str] = &["<ntddk.h>", "\"wsk_documented.h\""];
+/// The socket address types come from the user-mode winsock headers, which clash with the
+/// DDK's in one translation unit.
+const WINSOCK_HEADERS: &[&str] = &["<winsock2.h>", "<ws2tcpip.h>"];
+
+// ---------------------------------------------------------------------------------------
+// The tables: what Rust says, in a form the generator turns into C.
+
+/// A structure as Rust lays it out.
+struct Layout {
+    c_type: &'static str,
+    size: usize,
+    align: usize,
+    fields: Vec<Field>,
+}
+
+/// One field, by its Rust path and the C member designator that names the same storage.
+struct Field {
+    rust: String,
+    c: String,
+    offset: usize,
+    /// `None` when the C member is only the start of the Rust field (see `starts` below).
+    size: Option<usize>,
+}
+
+/// The size of the field a (never called) projection closure points at.
+fn field_size<T, F>(_projection: fn(*const T) -> *const F) -> usize {
+    size_of::<F>()
+}
+
+/// `field!(T, a.b.c)`: the C member has the same path.
+/// `field!(T, a.b as "c")`: the C member is spelt differently (MinGW's anonymous unions).
+/// `field!(T, a starts "c")`: the C member begins where the Rust field does but is smaller
+/// (the Rust field covers several C members); only the offset is compared.
+macro_rules! field {
+    ($ty:ident, $($f:ident).+ $(as $c:literal)? $(starts $s:literal)?) => {{
+        let rust = [$(stringify!($f)),+].join(".");
+        let starts: Option<&str> = None $(.or(Some($s)))?;
+        let c: Option<&str> = None $(.or(Some($c)))?;
+        Field {
+            c: c.or(starts).map_or_else(|| rust.clone(), str::to_owned),
+            offset: offset_of!($ty, $($f).+),
+            // SAFETY: never called; it only names the field's type.
+            size: starts.is_none().then(|| field_size(|p: *const $ty| unsafe { &raw const (*p)$(.$f)+ })),
+            rust,
+        }
+    }};
+}
+
+/// `layout!(T { every top-level field } nested { a.b, ... })`.
+///
+/// The top-level list must name every field of `T`: it is also a struct pattern without
+/// `..`, so a field added to the Rust declaration and not listed here does not compile.
+macro_rules! layout {
+    ($ty:ident {
+        $($top:ident $(as $tc:literal)? $(starts $ts:literal)?),* $(,)?
+    } $(nested {
+        $($($path:ident).+ $(as $pc:literal)? $(starts $ps:literal)?),* $(,)?
+    })?) => {{
+        let _every_field_is_listed = |v: &$ty| {
+            let $ty { $($top: _),* } = v;
+        };
+        Layout {
+            c_type: stringify!($ty),
+            size: size_of::<$ty>(),
+            align: align_of::<$ty>(),
+            fields: vec![
+                $(field!($ty, $top $(as $tc)? $(starts $ts)?),)*
+                $($(field!($ty, $($path).+ $(as $pc)? $(starts $ps)?),)*)?
+            ],
+        }
+    }};
+    // A type the driver only holds, never looks into: size and alignment only.
+    ($ty:ident opaque) => {
+        Layout { c_type: stringify!($ty), size: size_of::<$ty>(), align: align_of::<$ty>(), fields: vec![] }
+    };
+}
+
+/// A scalar typedef: its size, and for integers its signedness.
+struct Scalar {
+    c_type: &'static str,
+    size: usize,
+    signed: Option<bool>,
+}
+
+macro_rules! scalars {
+    (integers: [$($int:ident),* $(,)?], others: [$($other:ident),* $(,)?] $(,)?) => {
+        vec![
+            $(Scalar { c_type: stringify!($int), size: size_of::<$int>(), signed: Some($int::MIN != 0) },)*
+            $(Scalar { c_type: stringify!($other), size: size_of::<$other>(), signed: None },)*
+        ]
+    };
+}
+
+/// A constant: a C expression and the value Rust gives it.
+struct Constant {
+    c_expr: String,
+    value: i64,
+}
+
+macro_rules! constants {
+    ($($name:ident),* $(,)?) => {
+        vec![$(Constant { c_expr: stringify!($name).to_owned(), value: $name as i64 },)*]
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// What is checked. (The tables are laid out by hand, hence `rustfmt::skip`.)
+
+/// The NT structures, against MinGW's wdm.h. C paths differ only where MinGW uses
+/// anonymous unions and structs.
+#[rustfmt::skip]
+fn nt_layouts() -> Vec<Layout> {
+    vec![
+        layout!(IRP {
+            Type, Size, MdlAddress, Flags, AssociatedIrp, ThreadListEntry, IoStatus,
+            RequestorMode, PendingReturned, StackCount, CurrentLocation, Cancel, CancelIrql,
+            ApcEnvironment, AllocationFlags, UserIosb, UserEvent, Overlay, CancelRoutine,
+            UserBuffer, Tail,
+        } nested {
+            AssociatedIrp.MasterIrp, AssociatedIrp.IrpCount, AssociatedIrp.SystemBuffer,
+            IoStatus.u starts "IoStatus.Status",
+            IoStatus.u.Status as "IoStatus.Status",
+            IoStatus.u.Pointer as "IoStatus.Pointer",
+            IoStatus.Information,
+            Overlay.AsynchronousParameters,
+            Overlay.AsynchronousParameters.UserApcRoutine,
+            Overlay.AsynchronousParameters.UserApcContext,
+            Overlay.AllocationSize,
+            Tail.Overlay,
+            Tail.Overlay.DriverContext, Tail.Overlay.Thread, Tail.Overlay.AuxiliaryBuffer,
+            Tail.Overlay.ListEntry, Tail.Overlay.CurrentStackLocation,
+            Tail.Overlay.OriginalFileObject,
+            Tail.Apc, Tail.CompletionKey,
+        }),
+        layout!(IO_STACK_LOCATION {
+            MajorFunction, MinorFunction, Flags, Control, Parameters, DeviceObject, FileObject,
+            CompletionRoutine, Context,
+        } nested {
+            Parameters.Others,
+            Parameters.Others.Argument1, Parameters.Others.Argument2,
+            Parameters.Others.Argument3, Parameters.Others.Argument4,
+            Parameters.DeviceIoControl,
+            Parameters.DeviceIoControl.OutputBufferLength,
+            Parameters.DeviceIoControl.InputBufferLength,
+            Parameters.DeviceIoControl.IoControlCode,
+            Parameters.DeviceIoControl.Type3InputBuffer,
+        }),
+        layout!(IO_STATUS_BLOCK {
+            u starts "Status", Information,
+        } nested {
+            u.Status as "Status", u.Pointer as "Pointer",
+        }),
+        layout!(MDL {
+            Next, Size, MdlFlags, Process, MappedSystemVa, StartVa, ByteCount, ByteOffset,
+        }),
+        layout!(KEVENT {
+            Header,
+        } nested {
+            Header.Type, Header.Signalling, Header.Size, Header.SignalState, Header.WaitListHead,
+        }),
+        // The current WDK names the fourth byte Reserved1; MinGW's older declaration calls
+        // that byte DpcActive.
+        layout!(DISPATCHER_HEADER {
+            Type, Signalling, Size, Reserved1 as "DpcActive", SignalState, WaitListHead,
+        }),
+        layout!(LIST_ENTRY { Flink, Blink }),
+        layout!(EX_RUNDOWN_REF { Count }),
+        layout!(KAPC opaque),
+    ]
+}
+
+/// The scalar typedefs the NT structures and imports are built from.
+#[rustfmt::skip]
+fn nt_scalars() -> Vec<Scalar> {
+    scalars!(
+        integers: [
+            BOOLEAN, CCHAR, CSHORT, ULONG_PTR, SIZE_T, LONGLONG, KPROCESSOR_MODE, KIRQL,
+            KSPIN_LOCK, KPRIORITY, PFN_NUMBER,
+        ],
+        others: [NTSTATUS, LARGE_INTEGER, EVENT_TYPE, KWAIT_REASON, MEMORY_CACHING_TYPE],
+    )
+}
+
+/// The wdm.h constants (the NTSTATUS values have a test of their own).
+#[rustfmt::skip]
+fn nt_constants() -> Vec<Constant> {
+    constants![
+        MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL,
+        MDL_ALLOCATED_FIXED_SIZE, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED, MDL_IO_PAGE_READ,
+        MDL_WRITE_OPERATION, MDL_NETWORK_HEADER, MDL_MAPPING_CAN_FAIL,
+        SL_PENDING_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_SUCCESS, SL_INVOKE_ON_ERROR,
+        IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL,
+        IRP_MJ_CLEANUP, IRP_MJ_PNP,
+        IO_TYPE_IRP, IO_NO_INCREMENT, IO_NETWORK_INCREMENT,
+        PAGE_SIZE, PAGE_SHIFT,
+        PASSIVE_LEVEL, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL,
+        NotificationEvent, SynchronizationEvent, Executive, KernelMode, UserMode,
+        LowPagePriority, NormalPagePriority, HighPagePriority, MmCached,
+        TRUE, FALSE,
+    ]
+}
+
+/// Every NTSTATUS the crate declares. `(NTSTATUS)` makes the C side a 32-bit LONG, so a
+/// value only matches if Rust's i32 has the same sign and bits.
+fn status_constants() -> Vec<Constant> {
+    DECLARED_STATUSES
+        .iter()
+        .map(|&(name, status)| Constant {
+            c_expr: format!("(NTSTATUS){name}"),
+            value: status.0.into(),
+        })
+        .collect()
+}
+
+/// The WSK structures, against the documented declarations (same names on both sides).
+#[rustfmt::skip]
+fn wsk_layouts() -> Vec<Layout> {
+    vec![
+        layout!(WSK_BUF { Mdl, Offset, Length }),
+        layout!(WSK_SOCKET { Dispatch }),
+        layout!(WSK_DATA_INDICATION {
+            Next, Buffer,
+        } nested {
+            Buffer.Mdl, Buffer.Offset, Buffer.Length,
+        }),
+        layout!(WSK_CLIENT_DISPATCH { Version, Reserved, WskClientEvent }),
+        layout!(WSK_CLIENT_NPI { ClientContext, Dispatch }),
+        layout!(WSK_PROVIDER_NPI { Client, Dispatch }),
+        layout!(WSK_REGISTRATION {
+            ReservedRegistrationState, ReservedRegistrationContext, ReservedRegistrationLock,
+        }),
+        layout!(WSK_PROVIDER_DISPATCH {
+            Version, Reserved, WskSocket, WskSocketConnect, WskControlClient, WskGetAddressInfo,
+            WskFreeAddressInfo, WskGetNameInfo,
+        }),
+        layout!(WSK_PROVIDER_BASIC_DISPATCH { WskControlSocket, WskCloseSocket }),
+        layout!(WSK_PROVIDER_CONNECTION_DISPATCH {
+            Basic, WskBind, WskConnect, WskGetLocalAddress, WskGetRemoteAddress, WskSend,
+            WskReceive, WskDisconnect, WskRelease, WskConnectEx, WskSendEx, WskReceiveEx,
+        } nested {
+            Basic.WskControlSocket, Basic.WskCloseSocket,
+        }),
+        layout!(WSK_CLIENT_CONNECTION_DISPATCH {
+            WskReceiveEvent, WskDisconnectEvent, WskSendBacklogEvent,
+        }),
+    ]
+}
+
+/// The socket addresses, against MinGW's winsock headers.
+#[rustfmt::skip]
+fn socket_address_layouts() -> Vec<Layout> {
+    vec![
+        layout!(SOCKADDR { sa_family, sa_data }),
+        layout!(SOCKADDR_IN { sin_family, sin_port, sin_addr, sin_zero }),
+        layout!(SOCKADDR_IN6 { sin6_family, sin6_port, sin6_flowinfo, sin6_addr, sin6_scope_id }),
+        // Rust keeps the padding as one array; ws2def.h splits it around an __int64.
+        layout!(SOCKADDR_STORAGE { ss_family, __ss_pad starts "__ss_pad1" }),
+    ]
+}
+
+/// ADDRESS_FAMILY, the type of every `*_family` field (ws2def.h).
+fn socket_scalars() -> Vec<Scalar> {
+    scalars!(integers: [ADDRESS_FAMILY], others: [])
+}
+
+/// Address families, socket types and the Winsock ioctl code pieces, including the WSK
+/// ioctl built with winsock2.h's own `_WSAIOR` (IOC_WSK is wsk.h's `IOC_WS2 | 0x07000000`).
+#[rustfmt::skip]
+fn socket_constants() -> Vec<Constant> {
+    let mut constants = constants![AF_INET, AF_INET6, SOCK_STREAM, IPPROTO_TCP, IOC_OUT, IOC_IN, IOC_WS2];
+    for (c_expr, value) in [
+        ("(IOC_WS2 | 0x07000000)", IOC_WSK),
+        ("_WSAIOR(IOC_WS2 | 0x07000000, 3)", SIO_WSK_QUERY_IDEAL_SEND_BACKLOG),
+        ("_WSAIOR(IOC_WS2 | 0x07000000, 4)", SIO_WSK_QUERY_RECEIVE_BACKLOG),
+    ] {
+        constants.push(Constant { c_expr: c_expr.to_owned(), value: value.into() });
+    }
+    constants
+}
+
+// ---------------------------------------------------------------------------------------
+// The generator and the compiler.
+
+fn layout_asserts(layouts: &[Layout]) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in layouts {
+        let t = l.c_type;
+        out.push(format!(
+            "_Static_assert(sizeof({t}) == {}, \"sizeof {t}: Rust says {}\");",
+            l.size, l.size
+        ));
+        out.push(format!(
+            "_Static_assert(_Alignof({t}) == {}, \"alignof {t}: Rust says {}\");",
+            l.align, l.align
+        ));
+        for f in &l.fields {
+            let (rust, c, offset) = (&f.rust, &f.c, f.offset);
+            out.push(format!(
+                "_Static_assert(offsetof({t}, {c}) == {offset}, \"{t}.{rust}: Rust says offset {offset}\");"
+            ));
+            if let Some(size) = f.size {
+                out.push(format!(
+                    "_Static_assert(sizeof((({t} *)0)->{c}) == {size}, \"{t}.{rust}: Rust says size {size}\");"
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn scalar_asserts(scalars: &[Scalar]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in scalars {
+        let (t, size) = (s.c_type, s.size);
+        out.push(format!(
+            "_Static_assert(sizeof({t}) == {size}, \"sizeof {t}: Rust says {size}\");"
+        ));
+        if let Some(signed) = s.signed {
+            let word = if signed { "signed" } else { "unsigned" };
+            out.push(format!(
+                "_Static_assert((({t})-1 < 0) == {}, \"{t}: Rust says {word}\");",
+                u8::from(signed)
+            ));
+        }
+    }
+    out
+}
+
+fn constant_asserts(constants: &[Constant]) -> Vec<String> {
+    constants
+        .iter()
+        .map(|k| {
+            let (expr, value) = (&k.c_expr, k.value);
+            format!("_Static_assert((long long)({expr}) == {value}LL, \"{expr}: Rust says {value} ({value:#x})\");")
+        })
+        .collect()
+}
+
+/// Compiles `asserts` after `headers` with the Windows x64 compiler. `Err` holds the
+/// compiler's diagnostics. Panics (never skips) if the compiler or headers are missing.
+fn compile(unit: &str, headers: &[&str], asserts: &[String]) -> Result<(), String> {
+    assert!(
+        Path::new(DDK_HEADERS).join("wdm.h").is_file(),
+        "MinGW's DDK headers are missing ({DDK_HEADERS}/wdm.h): install {PACKAGES}"
+    );
+    let mut source = String::from(
+        "/* Generated by wsktls's tests/layout.rs from the Rust declarations. */\n\
+         #if !defined(_WIN64) || !defined(__x86_64__)\n\
+         #error \"not a Windows x64 compiler\"\n\
+         #endif\n",
+    );
+    for h in headers {
+        source += &format!("#include {h}\n");
+    }
+    source += "#include <stddef.h>\n\
+               _Static_assert(sizeof(void *) == 8, \"x64: pointers are 64 bits\");\n\
+               _Static_assert(sizeof(LONG) == 4, \"Windows: LONG is 32 bits\");\n";
+    for a in asserts {
+        source += a;
+        source += "\n";
+    }
+
+    static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wsktls-layout-{}-{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    let file = dir.join(format!("{unit}.c"));
+    std::fs::write(&file, &source).expect("write the generated C");
+    let output = Command::new(COMPILER)
+        .arg("-fsyntax-only")
+        .arg("-I")
+        .arg(DDK_HEADERS)
+        .arg("-I")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layout"))
+        .arg(&file)
+        .output();
+    std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
+    let output = match output {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "{COMPILER} not found: the layout test needs a Windows x64 C compiler and MinGW's \
+             headers; install the Debian packages {PACKAGES}"
+        ),
+        Err(e) => panic!("could not run {COMPILER}: {e}"),
+    };
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// `compile`, failing the test with the compiler's diagnostics.
+fn check(unit: &str, headers: &[&str], asserts: &[String]) {
+    if let Err(diagnostics) = compile(unit, headers, asserts) {
+        panic!("the Rust declarations differ from the C ones ({unit}):\n{diagnostics}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn nt_structures_match_mingw_ddk_headers() {
+    let mut asserts = layout_asserts(&nt_layouts());
+    asserts.extend(scalar_asserts(&nt_scalars()));
+    check("nt_structures", NT_HEADERS, &asserts);
+}
+
+#[test]
+fn status_codes_match_ntstatus_h() {
+    assert!(!DECLARED_STATUSES.is_empty());
+    check(
+        "status_codes",
+        NT_HEADERS,
+        &constant_asserts(&status_constants()),
+    );
+}
+
+#[test]
+fn nt_constants_match_mingw_ddk_headers() {
+    check(
+        "nt_constants",
+        NT_HEADERS,
+        &constant_asserts(&nt_constants()),
+    );
+}
+
+#[test]
+fn wsk_structures_match_documented_wsk_h() {
+    check(
+        "wsk_structures",
+        WSK_HEADERS,
+        &layout_asserts(&wsk_layouts()),
+    );
+}
+
+#[test]
+fn socket_addresses_match_mingw_winsock_headers() {
+    let mut asserts = layout_asserts(&socket_address_layouts());
+    asserts.extend(scalar_asserts(&socket_scalars()));
+    asserts.extend(constant_asserts(&socket_constants()));
+    check("socket_addresses", WINSOCK_HEADERS, &asserts);
+}
+
+/// wsk.h's constants, which MinGW does not have, against the documented values.
+#[test]
+fn wsk_constants_have_their_documented_values() {
+    assert_eq!(WSK_FLAG_NODELAY, 0x2);
+    assert_eq!(WSK_FLAG_WAITALL, 0x2);
+    assert_eq!(WSK_FLAG_DRAIN, 0x4);
+    assert_eq!(WSK_FLAG_ABORTIVE, 0x1);
+    assert_eq!(WSK_FLAG_AT_DISPATCH_LEVEL, 0x8);
+    assert_eq!(WSK_FLAG_BASIC_SOCKET, 0x0);
+    assert_eq!(WSK_FLAG_LISTEN_SOCKET, 0x1);
+    assert_eq!(WSK_FLAG_CONNECTION_SOCKET, 0x2);
+    assert_eq!(WSK_FLAG_DATAGRAM_SOCKET, 0x4);
+    assert_eq!(WSK_FLAG_STREAM_SOCKET, 0x8);
+    assert_eq!(WSK_NO_WAIT, 0);
+    assert_eq!(WSK_INFINITE_WAIT, 0xFFFF_FFFF);
+    assert_eq!((WskSetOption, WskGetOption, WskIoctl), (0, 1, 2));
+    assert_eq!(WSK_VERSION_1_0, 0x0100);
+    assert_eq!(IOC_WSK, 0x0F00_0000);
+    assert_eq!(SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, 0x4F00_0003);
+    assert_eq!(SIO_WSK_QUERY_RECEIVE_BACKLOG, 0x4F00_0004);
+}
+
+/// wdm.h constants newer than MinGW's copy, against the documented values.
+#[test]
+fn pool_flags_and_mdl_mapping_flags_have_their_documented_values() {
+    assert_eq!(POOL_FLAG_USE_QUOTA, 0x1);
+    assert_eq!(POOL_FLAG_UNINITIALIZED, 0x2);
+    assert_eq!(POOL_FLAG_SESSION, 0x4);
+    assert_eq!(POOL_FLAG_CACHE_ALIGNED, 0x8);
+    assert_eq!(POOL_FLAG_RAISE_ON_FAILURE, 0x20);
+    assert_eq!(POOL_FLAG_NON_PAGED, 0x40);
+    assert_eq!(POOL_FLAG_NON_PAGED_EXECUTE, 0x80);
+    assert_eq!(POOL_FLAG_PAGED, 0x100);
+    assert_eq!(MdlMappingNoExecute, 0x4000_0000);
+}
+
+/// A few well-known x64 numbers, stated outright.
+#[test]
+fn well_known_x64_sizes_and_offsets_hold() {
+    assert_eq!(size_of::<IRP>(), 208);
+    assert_eq!(size_of::<MDL>(), 48);
+    assert_eq!(size_of::<IO_STACK_LOCATION>(), 72);
+    assert_eq!(offset_of!(IRP, IoStatus), 48);
+    assert_eq!(offset_of!(IRP, Tail.Overlay.CurrentStackLocation), 184);
+    assert_eq!(offset_of!(IO_STACK_LOCATION, CompletionRoutine), 56);
+    assert_eq!(IoSizeOfIrp(2), 208 + 2 * 72);
+}
+
+/// The check is not vacuous: one wrong offset among the real ones fails the compile, and
+/// the diagnostic names the field.
+#[test]
+fn layout_check_rejects_a_wrong_offset() {
+    let mut layouts = nt_layouts();
+    let irp = layouts
+        .iter_mut()
+        .find(|l| l.c_type == "IRP")
+        .expect("IRP is checked");
+    let io_status = irp
+        .fields
+        .iter_mut()
+        .find(|f| f.rust == "IoStatus")
+        .expect("IRP.IoStatus is checked");
+    assert_eq!(io_status.offset, 48);
+    io_status.offset = 56;
+
+    let diagnostics = compile("wrong_offset", NT_HEADERS, &layout_asserts(&layouts))
+        .expect_err("IRP.IoStatus claimed at 56 must not compile");
+    println!("{diagnostics}");
+    assert!(
+        diagnostics.contains("IRP.IoStatus: Rust says offset 56"),
+        "{diagnostics}"
+    );
+    assert_eq!(
+        diagnostics.matches("static assertion failed").count(),
+        1,
+        "{diagnostics}"
+    );
+}
+
+/// Likewise for constants: one wrong NTSTATUS value fails, named.
+#[test]
+fn layout_check_rejects_a_wrong_status_code() {
+    let mut statuses = status_constants();
+    let pending = statuses
+        .iter_mut()
+        .find(|k| k.c_expr == "(NTSTATUS)STATUS_PENDING")
+        .expect("STATUS_PENDING is checked");
+    pending.value = 0x104;
+
+    let diagnostics = compile("wrong_status", NT_HEADERS, &constant_asserts(&statuses))
+        .expect_err("STATUS_PENDING claimed as 0x104 must not compile");
+    println!("{diagnostics}");
+    assert!(
+        diagnostics.contains("(NTSTATUS)STATUS_PENDING: Rust says 260"),
+        "{diagnostics}"
+    );
+    assert_eq!(
+        diagnostics.matches("static assertion failed").count(),
+        1,
+        "{diagnostics}"
+    );
+}
