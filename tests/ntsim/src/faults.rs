@@ -1,0 +1,61 @@
+//! Fault injection: what the simulated transport and allocator do wrong on purpose.
+//! Every random decision comes from the kernel's seeded generator.
+
+use std::time::Duration;
+
+/// The allocation sites ntsim can make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocKind {
+    Pool,
+    Irp,
+    Mdl,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// WskSend never completes inline: every send returns STATUS_PENDING.
+    pub pend_every_send: bool,
+    /// WskReceive never completes inline.
+    pub pend_every_receive: bool,
+    /// Asynchronous completions are held back by a random delay in this range.
+    pub completion_delay: Option<(Duration, Duration)>,
+    /// The provider writes each send to TCP in random pieces, completing after the last.
+    pub split_sends: bool,
+    /// Receives complete with a random part (at least one byte) of what is available.
+    pub split_receives: bool,
+    /// After this many bytes have been sent on a socket, the provider force-closes it.
+    pub forced_close_after_bytes: Option<u64>,
+    /// Connects never answer; they end only when cancelled.
+    pub connect_never_answers: bool,
+    /// Allocations of these kinds fail with this probability.
+    pub fail_allocations: Option<(AllocKind, f64)>,
+}
+
+impl Faults {
+    /// Every send pends and completes late, some in pieces; receives split too.
+    pub fn hostile_transport() -> Faults {
+        Faults {
+            pend_every_send: true,
+            pend_every_receive: true,
+            completion_delay: Some((Duration::from_micros(50), Duration::from_millis(2))),
+            split_sends: true,
+            split_receives: true,
+            ..Faults::default()
+        }
+    }
+}
+
+/// Whether this allocation of `kind` should fail.
+pub(crate) fn allocation_fails(kind: AllocKind) -> bool {
+    let k = crate::kernel::current();
+    let Some((which, p)) = k.faults().fail_allocations else {
+        return false;
+    };
+    let fail = which == kind && k.with_rng(|r| r.chance(p));
+    if fail {
+        k.counters
+            .allocations_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fail
+}

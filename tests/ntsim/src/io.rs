@@ -1,0 +1,422 @@
+//! The I/O manager: IRP allocation, completion (the walk up the stack locations with the
+//! control flags honoured, STATUS_MORE_PROCESSING_REQUIRED stopping it, PendingReturned
+//! propagated), reuse, cancel, and the IRP life-cycle checks.
+
+use std::cell::UnsafeCell;
+use std::collections::HashMap;
+use std::mem::size_of;
+use std::sync::Mutex;
+
+use wsktls_nt::{
+    BOOLEAN, CCHAR, IO_STACK_LOCATION, IO_TYPE_IRP, IRP, IoGetCurrentIrpStackLocation,
+    IoMarkIrpPending, IoSetCancelRoutine, IoSetNextIrpStackLocation, IoSizeOfIrp, KIRQL,
+    KSPIN_LOCK, NT_SUCCESS, NTSTATUS, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR,
+    SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED, STATUS_MORE_PROCESSING_REQUIRED,
+};
+
+use crate::faults::{AllocKind, allocation_fails};
+use crate::irql::{current_irql, require_dispatch, set_irql};
+use crate::kernel::{current, lock};
+use crate::mdl::{Segment, hash_segments};
+use crate::pool::{raw_alloc, raw_free};
+use crate::verifier::{Rule, report};
+
+/// Where an IRP is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IrpState {
+    /// Owned by the driver; never handed down since allocation or IoReuseIrp.
+    Fresh,
+    /// Handed to the WSK provider, not yet completed.
+    InFlight,
+    /// Completed; owned by the driver again (a completion routine returned
+    /// STATUS_MORE_PROCESSING_REQUIRED).
+    Completed,
+}
+
+struct IrpRecord {
+    size: usize,
+    state: IrpState,
+    /// For sends: the hash of the bytes when submitted.
+    send_hash: Option<(u64, Vec<Segment>)>,
+}
+
+#[derive(Default)]
+pub(crate) struct Irps {
+    live: Mutex<HashMap<usize, IrpRecord>>,
+    cancel_lock: CancelLock,
+}
+
+#[derive(Default)]
+struct CancelLock(UnsafeCell<KSPIN_LOCK>);
+// SAFETY: the word is only touched through the spin-lock functions, which use atomics.
+unsafe impl Sync for CancelLock {}
+// SAFETY: as above.
+unsafe impl Send for CancelLock {}
+
+impl Irps {
+    pub(crate) fn outstanding(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    pub(crate) fn check_unload(&self) {
+        let live = lock(&self.live);
+        if !live.is_empty() {
+            let states: Vec<String> = live
+                .iter()
+                .map(|(a, r)| format!("{a:#x} ({:?})", r.state))
+                .collect();
+            drop(live);
+            report(
+                Rule::IrpLeaked,
+                format!("IRP(s) still allocated at unload: {}", states.join(", ")),
+            );
+        }
+    }
+
+    /// The provider takes an IRP for a request: it must be fresh, and have a stack location
+    /// for the provider (the one the client's completion routine is in).
+    pub(crate) fn submit(&self, irp: *mut IRP, what: &str) -> bool {
+        let mut live = lock(&self.live);
+        let Some(rec) = live.get_mut(&(irp as usize)) else {
+            drop(live);
+            report(
+                Rule::BadParameter,
+                format!("{what}: {irp:?} is not an IRP from IoAllocateIrp"),
+            );
+            return false;
+        };
+        match rec.state {
+            IrpState::Fresh => {}
+            IrpState::InFlight => {
+                drop(live);
+                report(
+                    Rule::IrpInFlightMisuse,
+                    format!("{what}: IRP {irp:?} is already in flight"),
+                );
+                return false;
+            }
+            IrpState::Completed => {
+                drop(live);
+                report(
+                    Rule::IrpSubmittedWithoutReuse,
+                    format!("{what}: IRP {irp:?} completed before and was not IoReuseIrp'd"),
+                );
+                return false;
+            }
+        }
+        // SAFETY: a live IRP from IoAllocateIrp.
+        let location = unsafe { (*irp).CurrentLocation };
+        if location <= 1 {
+            drop(live);
+            report(
+                Rule::BadParameter,
+                format!("{what}: IRP {irp:?} has no stack location left for the provider"),
+            );
+            return false;
+        }
+        rec.state = IrpState::InFlight;
+        drop(live);
+        // SAFETY: checked above that a lower location exists.
+        unsafe { IoSetNextIrpStackLocation(irp) };
+        true
+    }
+
+    /// Remembers the bytes of a send so completion can tell whether they changed.
+    pub(crate) fn remember_send(&self, irp: *mut IRP, segments: Vec<Segment>) {
+        let h = hash_segments(&segments);
+        if let Some(rec) = lock(&self.live).get_mut(&(irp as usize)) {
+            rec.send_hash = Some((h, segments));
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn IoAllocateIrp(stack_size: CCHAR, _charge_quota: BOOLEAN) -> *mut IRP {
+    let k = current();
+    if !require_dispatch("IoAllocateIrp") || allocation_fails(AllocKind::Irp) {
+        return std::ptr::null_mut();
+    }
+    if stack_size < 1 {
+        report(Rule::BadParameter, format!("IoAllocateIrp({stack_size})"));
+        return std::ptr::null_mut();
+    }
+    let size = IoSizeOfIrp(stack_size);
+    let irp = raw_alloc(size) as *mut IRP;
+    if irp.is_null() {
+        return irp;
+    }
+    // SAFETY: fresh zeroed allocation of IoSizeOfIrp(stack_size) bytes (IoInitializeIrp).
+    unsafe { initialize(irp, size, stack_size) };
+    lock(&k.irps.live).insert(
+        irp as usize,
+        IrpRecord {
+            size,
+            state: IrpState::Fresh,
+            send_hash: None,
+        },
+    );
+    irp
+}
+
+/// IoInitializeIrp: header fields, and the current location one past the last.
+unsafe fn initialize(irp: *mut IRP, size: usize, stack_size: CCHAR) {
+    // SAFETY: per the caller, `irp` points at `size` writable bytes.
+    unsafe {
+        (irp as *mut u8).write_bytes(0, size);
+        (*irp).Type = IO_TYPE_IRP;
+        (*irp).Size = size as u16;
+        (*irp).StackCount = stack_size;
+        (*irp).CurrentLocation = stack_size + 1;
+        let list = std::ptr::addr_of_mut!((*irp).ThreadListEntry);
+        wsktls_nt::InitializeListHead(list);
+        (*irp).Tail.Overlay.CurrentStackLocation = (irp as *mut u8)
+            .add(size_of::<IRP>() + stack_size as usize * size_of::<IO_STACK_LOCATION>())
+            .cast();
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoFreeIrp(irp: *mut IRP) {
+    let k = current();
+    require_dispatch("IoFreeIrp");
+    let mut live = lock(&k.irps.live);
+    let Some(rec) = live.get(&(irp as usize)) else {
+        drop(live);
+        report(
+            Rule::BadParameter,
+            format!("IoFreeIrp({irp:?}): not a live IRP (double free?)"),
+        );
+        return;
+    };
+    if rec.state == IrpState::InFlight {
+        drop(live);
+        report(
+            Rule::IrpInFlightMisuse,
+            format!("IoFreeIrp({irp:?}) while the IRP is in flight"),
+        );
+        return;
+    }
+    let size = rec.size;
+    live.remove(&(irp as usize));
+    drop(live);
+    // SAFETY: allocated by IoAllocateIrp with this size; no longer tracked.
+    unsafe { raw_free(irp.cast(), size) };
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoReuseIrp(irp: *mut IRP, status: NTSTATUS) {
+    let k = current();
+    let mut live = lock(&k.irps.live);
+    let Some(rec) = live.get_mut(&(irp as usize)) else {
+        drop(live);
+        report(
+            Rule::BadParameter,
+            format!("IoReuseIrp({irp:?}): not a live IRP"),
+        );
+        return;
+    };
+    if rec.state == IrpState::InFlight {
+        drop(live);
+        report(
+            Rule::IrpInFlightMisuse,
+            format!("IoReuseIrp({irp:?}) while the IRP is in flight"),
+        );
+        return;
+    }
+    rec.state = IrpState::Fresh;
+    rec.send_hash = None;
+    let size = rec.size;
+    drop(live);
+    // SAFETY: a live IRP that the caller owns; reinitialised as IoReuseIrp does, keeping
+    // its allocation flags.
+    unsafe {
+        let flags = (*irp).AllocationFlags;
+        let stack = (*irp).StackCount;
+        initialize(irp, size, stack);
+        (*irp).AllocationFlags = flags;
+        (*irp).IoStatus.set(status, 0);
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IofCompleteRequest(irp: *mut IRP, _boost: CCHAR) {
+    let k = current();
+    require_dispatch("IoCompleteRequest");
+    {
+        let mut live = lock(&k.irps.live);
+        let Some(rec) = live.get_mut(&(irp as usize)) else {
+            drop(live);
+            report(
+                Rule::BadParameter,
+                format!("IoCompleteRequest({irp:?}): not a live IRP"),
+            );
+            return;
+        };
+        if rec.state == IrpState::Completed {
+            drop(live);
+            report(
+                Rule::IrpCompletedTwice,
+                format!("IoCompleteRequest({irp:?}): the IRP already completed"),
+            );
+            return;
+        }
+        rec.state = IrpState::Completed;
+    }
+    // SAFETY: a live IRP being completed by its current owner.
+    unsafe { walk_completion(irp) };
+}
+
+/// IopfCompleteRequest's walk: from the current stack location up, call each completion
+/// routine whose control flags match the outcome; stop at STATUS_MORE_PROCESSING_REQUIRED.
+unsafe fn walk_completion(irp: *mut IRP) {
+    // SAFETY: `irp` is live and owned by this completion; stack pointers stay within its
+    // allocation because CurrentLocation is checked against StackCount before each use.
+    unsafe {
+        if (*irp).CurrentLocation > (*irp).StackCount + 1 {
+            report(
+                Rule::IrpCompletedTwice,
+                format!("IoCompleteRequest({irp:?}): CurrentLocation past the stack"),
+            );
+            return;
+        }
+        let status = (*irp).IoStatus.status();
+        let mut sp = IoGetCurrentIrpStackLocation(irp);
+        (*irp).CurrentLocation += 1;
+        (*irp).Tail.Overlay.CurrentStackLocation = sp.add(1);
+        while (*irp).CurrentLocation <= (*irp).StackCount + 1 {
+            let control = (*sp).Control;
+            (*irp).PendingReturned = control & SL_PENDING_RETURNED;
+            let invoke = (NT_SUCCESS(status) && control & SL_INVOKE_ON_SUCCESS != 0)
+                || (!NT_SUCCESS(status) && control & SL_INVOKE_ON_ERROR != 0)
+                || ((*irp).Cancel != 0 && control & SL_INVOKE_ON_CANCEL != 0);
+            let routine = (*sp).CompletionRoutine;
+            let context = (*sp).Context;
+            zero_stack_location(sp);
+            match routine {
+                Some(routine) if invoke => {
+                    let device = if (*irp).CurrentLocation == (*irp).StackCount + 1 {
+                        std::ptr::null_mut()
+                    } else {
+                        (*IoGetCurrentIrpStackLocation(irp)).DeviceObject
+                    };
+                    let irql = current_irql();
+                    let r = routine(device, irp, context);
+                    if current_irql() != irql {
+                        report(
+                            Rule::IrqlMismatch,
+                            format!(
+                                "completion routine of {irp:?} returned at IRQL {}, called at {irql}",
+                                current_irql()
+                            ),
+                        );
+                        set_irql(irql);
+                    }
+                    if r == STATUS_MORE_PROCESSING_REQUIRED {
+                        return;
+                    }
+                }
+                _ => {
+                    if (*irp).PendingReturned != 0 && (*irp).CurrentLocation <= (*irp).StackCount {
+                        IoMarkIrpPending(irp);
+                    }
+                }
+            }
+            sp = sp.add(1);
+            (*irp).CurrentLocation += 1;
+            (*irp).Tail.Overlay.CurrentStackLocation = sp.add(1);
+        }
+        if (*irp).Tail.Overlay.Thread.is_null() {
+            report(
+                Rule::CompletionFellThrough,
+                format!(
+                    "IRP {irp:?} has no thread, yet no completion routine returned STATUS_MORE_PROCESSING_REQUIRED"
+                ),
+            );
+        }
+    }
+}
+
+unsafe fn zero_stack_location(sp: *mut IO_STACK_LOCATION) {
+    // SAFETY: per the caller, `sp` is inside the IRP's stack array.
+    unsafe {
+        (*sp).MinorFunction = 0;
+        (*sp).Flags = 0;
+        (*sp).Control = 0;
+        (*sp).CompletionRoutine = None;
+        (*sp).Context = std::ptr::null_mut();
+    }
+}
+
+/// The provider completes a request it took with [`Irps::submit`]: status and
+/// information in the IRP, the in-flight bytes released and checked, then the walk.
+pub(crate) fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) {
+    let k = current();
+    let send = {
+        let mut live = lock(&k.irps.live);
+        match live.get_mut(&(irp as usize)) {
+            Some(rec) if rec.state == IrpState::InFlight => {
+                rec.state = IrpState::Fresh; // IofCompleteRequest moves it to Completed
+                rec.send_hash.take()
+            }
+            _ => {
+                drop(live);
+                report(
+                    Rule::IrpCompletedTwice,
+                    format!("provider completion of {irp:?}, which is not in flight"),
+                );
+                return;
+            }
+        }
+    };
+    if let Some((hash, segments)) = send {
+        if hash_segments(&segments) != hash {
+            report(
+                Rule::InFlightBufferWritten,
+                format!("the send buffer of IRP {irp:?} changed while the send was in flight"),
+            );
+        }
+    }
+    k.mdls.clear_in_flight(irp);
+    // SAFETY: the provider owns the in-flight IRP until this call hands it back.
+    unsafe {
+        IoSetCancelRoutine(irp, None);
+        (*irp).IoStatus.set(status, information);
+        IofCompleteRequest(irp, 0);
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoCancelIrp(irp: *mut IRP) -> BOOLEAN {
+    require_dispatch("IoCancelIrp");
+    let mut irql: KIRQL = 0;
+    // SAFETY: `irp` is owned by the caller (the driver that allocated it).
+    unsafe {
+        IoAcquireCancelSpinLock(&mut irql);
+        (*irp).Cancel = 1;
+        match IoSetCancelRoutine(irp, None) {
+            Some(routine) => {
+                (*irp).CancelIrql = irql;
+                routine(std::ptr::null_mut(), irp);
+                1
+            }
+            None => {
+                IoReleaseCancelSpinLock(irql);
+                0
+            }
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoAcquireCancelSpinLock(irql: *mut KIRQL) {
+    let k = current();
+    // SAFETY: the cancel lock word lives as long as the kernel; `irql` is the caller's.
+    unsafe { *irql = crate::sync::KeAcquireSpinLockRaiseToDpc(k.irps.cancel_lock.0.get()) };
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoReleaseCancelSpinLock(irql: KIRQL) {
+    let k = current();
+    // SAFETY: as above; the caller holds the lock.
+    crate::sync::KeReleaseSpinLock(k.irps.cancel_lock.0.get(), irql);
+}

@@ -1,0 +1,307 @@
+//! One simulated kernel: its pool, IRPs, MDLs, dispatcher, WSK provider, faults and
+//! verifier reports. Threads reach it through a thread-local set by [`Kernel::enter`].
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::faults::Faults;
+use crate::rng::Rng;
+use crate::verifier::Report;
+use crate::{io, mdl, pool, sync, wsk};
+
+/// How a kernel boots.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// The fault-injection seed; `NTSIM_SEED` in the environment, else random.
+    pub seed: Option<u64>,
+    /// The faults to inject from the start (they can be changed while running).
+    pub faults: Faults,
+}
+
+pub(crate) struct KernelInner {
+    pub(crate) seed: u64,
+    pub(crate) pool: pool::Pool,
+    pub(crate) irps: io::Irps,
+    pub(crate) mdls: mdl::Mdls,
+    pub(crate) dispatcher: sync::Dispatcher,
+    pub(crate) wsk: wsk::Provider,
+    faults: Mutex<Faults>,
+    rng: Mutex<Rng>,
+    reports: Mutex<Vec<Report>>,
+    pub(crate) counters: Counters,
+}
+
+/// Event counts a test can read back (how many sends pended, completions were split...).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) sends_pended: AtomicU64,
+    pub(crate) sends_inline: AtomicU64,
+    pub(crate) send_pieces: AtomicU64,
+    pub(crate) receives_split: AtomicU64,
+    pub(crate) completions_delayed: AtomicU64,
+    pub(crate) allocations_failed: AtomicU64,
+}
+
+/// What a kernel has seen and still holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub pool_bytes: usize,
+    pub pool_blocks: usize,
+    pub pool_peak_bytes: usize,
+    pub irps: usize,
+    pub mdls: usize,
+    pub sockets: usize,
+    pub sends_pended: u64,
+    pub sends_inline: u64,
+    /// Pieces the provider wrote split sends in (beyond one per send).
+    pub send_pieces: u64,
+    pub receives_split: u64,
+    pub completions_delayed: u64,
+    pub allocations_failed: u64,
+}
+
+impl KernelInner {
+    pub(crate) fn record(&self, report: Report) {
+        lock(&self.reports).push(report);
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        lock(&self.faults).clone()
+    }
+
+    /// A fresh generator for one object (a socket, an allocation site), drawn from the
+    /// kernel's seeded generator so decisions replay in the same order of creation.
+    pub(crate) fn fork_rng(&self) -> Rng {
+        Rng::new(lock(&self.rng).next_u64())
+    }
+
+    pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut Rng) -> R) -> R {
+        f(&mut lock(&self.rng))
+    }
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the simulator's state stays
+/// consistent between its own operations.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<KernelInner>>> = const { RefCell::new(None) };
+}
+
+/// The kernel this thread has entered.
+pub(crate) fn current() -> Arc<KernelInner> {
+    CURRENT.with(|c| c.borrow().clone()).unwrap_or_else(|| {
+        panic!("ntsim: an NT function was called on a thread that has not entered a kernel (Kernel::enter)")
+    })
+}
+
+/// Makes `k` this thread's kernel for the life of the guard.
+pub struct EnterGuard {
+    previous: Option<Arc<KernelInner>>,
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+pub(crate) fn enter(k: Arc<KernelInner>) -> EnterGuard {
+    let previous = CURRENT.with(|c| c.borrow_mut().replace(k));
+    EnterGuard { previous }
+}
+
+/// A booted kernel. Dropping it shuts it down and fails the test if the verifier
+/// reported anything that was not taken with [`Kernel::take_reports`].
+pub struct Kernel {
+    inner: Arc<KernelInner>,
+    reactor: Option<thread::JoinHandle<()>>,
+    finished: bool,
+}
+
+static NEXT_SEED_SALT: AtomicU64 = AtomicU64::new(1);
+
+impl Kernel {
+    /// Boots a kernel with default faults (none).
+    pub fn boot() -> Kernel {
+        Kernel::boot_with(Config::default())
+    }
+
+    pub fn boot_with(config: Config) -> Kernel {
+        let seed = config
+            .seed
+            .or_else(seed_from_env)
+            .unwrap_or_else(random_seed);
+        let (provider, reactor) = wsk::Provider::new();
+        let inner = Arc::new(KernelInner {
+            seed,
+            pool: pool::Pool::default(),
+            irps: io::Irps::default(),
+            mdls: mdl::Mdls::default(),
+            dispatcher: sync::Dispatcher::default(),
+            wsk: provider,
+            faults: Mutex::new(config.faults),
+            rng: Mutex::new(Rng::new(seed)),
+            reports: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        });
+        let k = Arc::clone(&inner);
+        let reactor = thread::Builder::new()
+            .name("ntsim-wsk".into())
+            .spawn(move || {
+                let _in = enter(Arc::clone(&k));
+                reactor.run(&k);
+            })
+            .expect("ntsim: cannot start the WSK provider thread");
+        Kernel {
+            inner,
+            reactor: Some(reactor),
+            finished: false,
+        }
+    }
+
+    /// Enters this kernel on the calling thread, at PASSIVE_LEVEL.
+    pub fn enter(&self) -> EnterGuard {
+        enter(Arc::clone(&self.inner))
+    }
+
+    /// Runs `f` on a new thread that has entered this kernel (a system thread).
+    pub fn spawn<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> thread::JoinHandle<R> {
+        let k = Arc::clone(&self.inner);
+        thread::spawn(move || {
+            let _in = enter(k);
+            f()
+        })
+    }
+
+    /// Runs `f` as DriverEntry: WSK forbids waiting for the provider NPI here.
+    pub fn driver_entry<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _in = self.enter();
+        wsk::in_driver_entry(f)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    /// Changes the faults injected from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.inner.faults) = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.inner.faults()
+    }
+
+    /// Makes every open socket stop working, as when the transport goes away: pending
+    /// requests complete with STATUS_FILE_FORCED_CLOSED and so does every later call
+    /// but WskCloseSocket.
+    pub fn force_close_sockets(&self) {
+        self.inner.wsk.force_close_all(&self.inner);
+    }
+
+    /// The reports recorded so far, removed so that dropping the kernel does not fail.
+    pub fn take_reports(&self) -> Vec<Report> {
+        std::mem::take(&mut *lock(&self.inner.reports))
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let pool = self.inner.pool.totals();
+        Stats {
+            pool_bytes: pool.bytes,
+            pool_blocks: pool.blocks,
+            pool_peak_bytes: pool.peak_bytes,
+            irps: self.inner.irps.outstanding(),
+            mdls: self.inner.mdls.outstanding(),
+            sockets: self.inner.wsk.sockets_open(),
+            sends_pended: c.sends_pended.load(Ordering::Relaxed),
+            sends_inline: c.sends_inline.load(Ordering::Relaxed),
+            send_pieces: c.send_pieces.load(Ordering::Relaxed),
+            receives_split: c.receives_split.load(Ordering::Relaxed),
+            completions_delayed: c.completions_delayed.load(Ordering::Relaxed),
+            allocations_failed: c.allocations_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Unloads: stops the provider, then reports every socket, registration, IRP, MDL and
+    /// pool block still alive. Returns all reports not yet taken.
+    pub fn shutdown(mut self) -> Vec<Report> {
+        self.stop();
+        self.finished = true;
+        self.take_reports()
+    }
+
+    /// Unloads and fails (printing the seed) on any report not yet taken.
+    pub fn finish(self) {
+        let seed = self.seed();
+        let reports = self.shutdown();
+        assert!(reports.is_empty(), "{}", failure_text(seed, &reports));
+    }
+
+    fn stop(&mut self) {
+        if let Some(reactor) = self.reactor.take() {
+            self.inner.wsk.stop();
+            let _ = reactor.join();
+            let _in = self.enter();
+            self.inner.wsk.check_unload();
+            self.inner.irps.check_unload();
+            self.inner.mdls.check_unload();
+            self.inner.pool.check_unload();
+        }
+    }
+}
+
+fn failure_text(seed: u64, reports: &[Report]) -> String {
+    let mut s = format!(
+        "ntsim verifier: {} report(s); replay with NTSIM_SEED={seed}\n",
+        reports.len()
+    );
+    for r in reports {
+        s.push_str(&format!("  {r}\n"));
+    }
+    s
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.stop();
+        let reports = self.take_reports();
+        if thread::panicking() {
+            eprintln!(
+                "ntsim: test failed with fault-injection seed NTSIM_SEED={}",
+                self.seed()
+            );
+            if !reports.is_empty() {
+                eprintln!("{}", failure_text(self.seed(), &reports));
+            }
+        } else if !reports.is_empty() {
+            panic!("{}", failure_text(self.seed(), &reports));
+        }
+    }
+}
+
+fn seed_from_env() -> Option<u64> {
+    std::env::var("NTSIM_SEED").ok()?.trim().parse().ok()
+}
+
+fn random_seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let salt = NEXT_SEED_SALT.fetch_add(1, Ordering::Relaxed);
+    Rng::new(t ^ salt.rotate_left(32) ^ std::process::id() as u64).next_u64()
+}

@@ -1,0 +1,35 @@
+//! ntsim: a user-mode model of the NT kernel services and the WSK provider that wsktls
+//! imports, faithful enough that a driver which passes here has exercised its real IRP,
+//! MDL and WSK code paths.
+//!
+//! The driver's `extern "system"` imports (declared once, in `wsktls-nt`) resolve to the
+//! `#[no_mangle]` functions of this crate in host builds. They work on the real
+//! structures: IRPs with stack locations and completion routines, MDL chains, KEVENTs,
+//! spin locks, rundown references, WSK registration blocks and socket objects. The WSK
+//! provider moves real bytes over loopback TCP.
+//!
+//! Every test boots its own [`Kernel`]; a thread reaches it through [`Kernel::enter`]
+//! (ntsim's own threads are entered already), so tests in one binary do not share
+//! state. The [`verifier`] records what Driver Verifier would bugcheck on; dropping a
+//! kernel with an unexpected report fails the test and prints the fault-injection seed.
+//!
+//! ntsim never sends traffic anywhere but loopback: a connect to any other address is a
+//! verifier report, not a packet.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+mod faults;
+mod io;
+mod irql;
+mod kernel;
+mod mdl;
+mod pool;
+mod rng;
+mod sync;
+pub mod verifier;
+mod wsk;
+
+pub use faults::{AllocKind, Faults};
+pub use irql::{current_irql, with_irql};
+pub use kernel::{Config, EnterGuard, Kernel, Stats};
+pub use verifier::{Report, Rule};

@@ -1,0 +1,77 @@
+//! What Driver Verifier would stop the machine for, recorded instead so a test can
+//! assert it. A kernel with a report it was not told to expect fails its test on drop.
+
+use std::fmt;
+
+/// The rules ntsim checks. Each names one thing a driver must never do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// An MDL was freed while an IRP that carries it was in flight.
+    MdlFreedInFlight,
+    /// Pool that an in-flight IRP's MDL chain describes was freed.
+    BufferFreedInFlight,
+    /// The bytes of an in-flight send changed before the send completed.
+    InFlightBufferWritten,
+    /// An IRP was completed after it had already completed.
+    IrpCompletedTwice,
+    /// An IRP was still allocated when the kernel shut down.
+    IrpLeaked,
+    /// An IRP was freed, reused or submitted again while in flight.
+    IrpInFlightMisuse,
+    /// A completed IRP was handed to WSK again without `IoReuseIrp`.
+    IrpSubmittedWithoutReuse,
+    /// The I/O manager ran out of stack locations: a driver-allocated IRP's completion
+    /// routine did not return STATUS_MORE_PROCESSING_REQUIRED.
+    CompletionFellThrough,
+    /// A function was called above the IRQL it allows.
+    IrqlTooHigh,
+    /// IRQL raised or lowered the wrong way, or a routine returned at another IRQL.
+    IrqlMismatch,
+    /// Pool was still allocated when the kernel shut down.
+    PoolLeak,
+    /// A free of memory that is not a live pool block, or with the wrong tag.
+    BadPoolFree,
+    /// A WSK_BUF's Offset + Length reaches beyond its MDL chain.
+    WskBufBeyondChain,
+    /// An MDL in a request is not locked, not built, or describes freed memory.
+    BadMdl,
+    /// MmBuildMdlForNonPagedPool on memory that is not nonpaged pool.
+    MdlNotNonPagedPool,
+    /// An MDL was still allocated when the kernel shut down.
+    MdlLeaked,
+    /// WskCloseSocket while another call on the socket was in progress.
+    CloseWithCallInProgress,
+    /// A call on a socket that was closed (or never existed).
+    SocketUsedAfterClose,
+    /// A socket was still open when the kernel shut down.
+    SocketLeaked,
+    /// WSK registration misuse: a capture not released, a registration not deregistered,
+    /// a deregistration that would wait forever, a capture that waits inside DriverEntry.
+    WskRegistration,
+    /// A spin lock acquired twice by one thread, or released by one that does not hold it.
+    SpinLockMisuse,
+    /// A connect to an address outside loopback (ntsim never sends such traffic).
+    NonLoopbackAddress,
+    /// A request ntsim models but whose parameters are invalid (wrong type, NULL IRP...).
+    BadParameter,
+}
+
+/// One verifier finding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub rule: Rule,
+    pub detail: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.rule, self.detail)
+    }
+}
+
+/// Records a finding against the kernel this thread is in.
+pub(crate) fn report(rule: Rule, detail: impl Into<String>) {
+    let detail = detail.into();
+    eprintln!("ntsim verifier: {rule:?}: {detail}");
+    crate::kernel::current().record(Report { rule, detail });
+}

@@ -1,0 +1,495 @@
+//! The provider's entry points, reached through the dispatch tables. Each checks its
+//! IRQL and parameters, takes the IRP (from then on the provider completes it exactly
+//! once, inline or later), and either finishes inline or queues the request for the
+//! provider thread and returns STATUS_PENDING.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use wsktls_nt::{
+    AF_INET, AF_INET6, IPPROTO_TCP, IRP, IoMarkIrpPending, IoSetCancelRoutine, NTSTATUS, PVOID,
+    SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
+    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_HOST_UNREACHABLE,
+    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NOT_IMPLEMENTED,
+    STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_CLIENT_CONNECTION_DISPATCH,
+    WSK_CONTROL_SOCKET_TYPE, WSK_FLAG_ABORTIVE, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL, WSK_SOCKET,
+    WskIoctl,
+};
+
+use super::reactor::deliver;
+use super::socket::{Op, Phase, Socket, read_some, send_buffer_size, status_of, write_some};
+use crate::io::complete;
+use crate::irql::require_dispatch;
+use crate::kernel::{current, lock};
+use crate::mdl::describe;
+use crate::verifier::{Rule, report};
+
+/// Completes a request the provider took, on the caller's thread, and returns its status
+/// (what a WSK function returns when it finishes inline).
+fn finish_inline(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+    complete(irp, status, information);
+    status
+}
+
+/// Looks the socket up; a pointer that is not a live socket is a verifier report.
+fn live_socket(sock: *mut WSK_SOCKET, what: &str) -> Option<Arc<Socket>> {
+    let k = current();
+    let s = k.wsk.socket_at(sock);
+    match &s {
+        None => report(
+            Rule::SocketUsedAfterClose,
+            format!("{what} on {sock:?}, which is not an open socket"),
+        ),
+        Some(s) if lock(&s.state).close.is_some() => {
+            report(
+                Rule::SocketUsedAfterClose,
+                format!("{what} on {sock:?} after WskCloseSocket"),
+            );
+            return None;
+        }
+        Some(_) => {}
+    }
+    s
+}
+
+fn sockaddr(p: *const SOCKADDR) -> Option<SocketAddr> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the client passes a SOCKADDR of the family it names.
+    unsafe {
+        match (*p).sa_family {
+            AF_INET => {
+                let a = &*(p as *const SOCKADDR_IN);
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(a.sin_addr),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            AF_INET6 => {
+                let a = &*(p as *const SOCKADDR_IN6);
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+pub(super) unsafe extern "system" fn WskSocketConnect(
+    client: PVOID,
+    socket_type: u16,
+    protocol: u32,
+    local: *mut SOCKADDR,
+    remote: *mut SOCKADDR,
+    flags: u32,
+    _context: PVOID,
+    _dispatch: *const WSK_CLIENT_CONNECTION_DISPATCH,
+    _process: PVOID,
+    _thread: PVOID,
+    _security: PVOID,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch("WskSocketConnect") || !k.irps.submit(irp, "WskSocketConnect") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(registration) = k.wsk.registration_of(client) else {
+        report(
+            Rule::WskRegistration,
+            "WskSocketConnect with a client that is not a captured registration",
+        );
+        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let (Some(local), Some(remote)) = (sockaddr(local), sockaddr(remote)) else {
+        report(
+            Rule::BadParameter,
+            "WskSocketConnect needs a local and a remote IPv4 or IPv6 address",
+        );
+        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    if socket_type != SOCK_STREAM
+        || protocol != IPPROTO_TCP
+        || flags != 0
+        || local.is_ipv4() != remote.is_ipv4()
+    {
+        report(
+            Rule::BadParameter,
+            format!(
+                "WskSocketConnect type {socket_type} protocol {protocol} flags {flags} {local} -> {remote}"
+            ),
+        );
+        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
+    }
+    if !remote.ip().is_loopback() {
+        report(
+            Rule::NonLoopbackAddress,
+            format!("WskSocketConnect to {remote}: ntsim only connects to loopback"),
+        );
+        return finish_inline(irp, STATUS_HOST_UNREACHABLE, 0);
+    }
+    let socket = Arc::new(Socket::new(k.wsk.new_id(), registration, k.fork_rng()));
+    let mut st = lock(&socket.state);
+    st.connect = Some(irp as usize);
+    if !k.faults().connect_never_answers {
+        match mio::net::TcpStream::connect(remote) {
+            Ok(mut stream) => {
+                let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+                if let Err(e) =
+                    k.wsk
+                        .registry
+                        .register(&mut stream, mio::Token(socket.id as usize), interest)
+                {
+                    st.connect = None;
+                    return finish_inline(irp, status_of(&e), 0);
+                }
+                st.stream = Some(stream);
+            }
+            Err(e) => {
+                st.connect = None;
+                return finish_inline(irp, status_of(&e), 0);
+            }
+        }
+    }
+    drop(st);
+    // SAFETY: the provider owns the IRP now; the cancel routine is how a timeout ends it.
+    unsafe {
+        IoMarkIrpPending(irp);
+        IoSetCancelRoutine(irp, Some(cancel_connect));
+        if (*irp).Cancel != 0 && IoSetCancelRoutine(irp, None).is_some() {
+            lock(&socket.state).connect = None;
+            return finish_inline(irp, STATUS_CANCELLED, 0);
+        }
+    }
+    let id = socket.id;
+    k.wsk.add_socket(socket);
+    k.wsk.poke(id);
+    STATUS_PENDING
+}
+
+/// Cancels a pending connect: the socket is destroyed and the IRP completes with
+/// STATUS_CANCELLED. Called by IoCancelIrp with the cancel spin lock held.
+unsafe extern "system" fn cancel_connect(_device: *mut wsktls_nt::DEVICE_OBJECT, irp: *mut IRP) {
+    // SAFETY: IoCancelIrp calls this with the cancel lock held and CancelIrql set.
+    unsafe { wsktls_nt::IoReleaseCancelSpinLock((*irp).CancelIrql) };
+    let k = current();
+    let sockets: Vec<Arc<Socket>> = lock(&k.wsk.sockets).values().cloned().collect();
+    for s in sockets {
+        let mut st = lock(&s.state);
+        if st.connect == Some(irp as usize) {
+            st.connect = None;
+            st.phase = Phase::Dead(STATUS_CANCELLED);
+            st.stream = None;
+            drop(st);
+            k.wsk.remove_socket(&s);
+            deliver(vec![(irp as usize, STATUS_CANCELLED, 0)]);
+            return;
+        }
+    }
+}
+
+pub(super) unsafe extern "system" fn WskSend(
+    sock: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch("WskSend") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(s) = live_socket(sock, "WskSend") else {
+        return STATUS_INVALID_DEVICE_STATE;
+    };
+    let _call = s.enter_call();
+    if !k.irps.submit(irp, "WskSend") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if flags & !WSK_FLAG_NODELAY != 0 {
+        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    // SAFETY: the caller's WSK_BUF, read once here as the provider does.
+    let buf = unsafe { *buf };
+    let Some((mdls, segments)) = describe(&buf, "WskSend") else {
+        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let mut st = lock(&s.state);
+    match st.phase {
+        Phase::Dead(status) => return finish_inline_unlocked(st, irp, status),
+        Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
+        Phase::Connected if st.write_shut || st.disconnect.is_some() => {
+            return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE);
+        }
+        Phase::Connected => {}
+    }
+    k.mdls.mark_in_flight(irp, mdls, segments.clone());
+    k.irps.remember_send(irp, segments.clone());
+    let mut op = Op {
+        irp: irp as usize,
+        segments,
+        done: 0,
+        total: buf.Length,
+        waitall: false,
+        complete_at: None,
+    };
+    let faults = k.faults();
+    let mut done = Vec::new();
+    if !faults.pend_every_send
+        && !faults.split_sends
+        && faults.completion_delay.is_none()
+        && st.sends.is_empty()
+    {
+        if let Some(stream) = st.stream.as_ref() {
+            match write_some(stream, &op, op.total) {
+                Ok(n) => {
+                    op.done = n;
+                    st.wrote(&k, n, &mut done);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => st.kill(status_of(&e), false, &mut done),
+            }
+        }
+        if op.done == op.total && st.phase == Phase::Connected {
+            drop(st);
+            deliver_inline(done);
+            k.counters.sends_inline.fetch_add(1, Ordering::Relaxed);
+            return finish_inline(irp, STATUS_SUCCESS, op.total);
+        }
+        if let Phase::Dead(status) = st.phase {
+            drop(st);
+            deliver_inline(done);
+            return finish_inline(irp, status, 0);
+        }
+    }
+    // SAFETY: the provider owns the IRP; marking before it can complete.
+    unsafe { IoMarkIrpPending(irp) };
+    st.sends.push_back(op);
+    drop(st);
+    k.counters.sends_pended.fetch_add(1, Ordering::Relaxed);
+    k.wsk.poke(s.id);
+    STATUS_PENDING
+}
+
+fn finish_inline_unlocked(
+    st: std::sync::MutexGuard<'_, super::socket::State>,
+    irp: *mut IRP,
+    status: NTSTATUS,
+) -> NTSTATUS {
+    drop(st);
+    finish_inline(irp, status, 0)
+}
+
+/// Completions that a fault produced while a call was in progress: delivered on the
+/// calling thread, like any inline completion.
+fn deliver_inline(done: Vec<super::socket::Completion>) {
+    for c in done {
+        complete(c.0 as *mut IRP, c.1, c.2);
+    }
+}
+
+pub(super) unsafe extern "system" fn WskReceive(
+    sock: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch("WskReceive") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(s) = live_socket(sock, "WskReceive") else {
+        return STATUS_INVALID_DEVICE_STATE;
+    };
+    let _call = s.enter_call();
+    if !k.irps.submit(irp, "WskReceive") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if flags & !WSK_FLAG_WAITALL != 0 {
+        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    // SAFETY: the caller's WSK_BUF, read once.
+    let buf = unsafe { *buf };
+    let Some((mdls, segments)) = describe(&buf, "WskReceive") else {
+        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let mut st = lock(&s.state);
+    match st.phase {
+        Phase::Dead(status) => return finish_inline_unlocked(st, irp, status),
+        Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
+        Phase::Connected => {}
+    }
+    if st.eof && st.receives.is_empty() {
+        return finish_inline_unlocked(st, irp, STATUS_SUCCESS);
+    }
+    k.mdls.mark_in_flight(irp, mdls, segments.clone());
+    let waitall = flags & WSK_FLAG_WAITALL != 0;
+    let mut op = Op {
+        irp: irp as usize,
+        segments,
+        done: 0,
+        total: buf.Length,
+        waitall,
+        complete_at: None,
+    };
+    let faults = k.faults();
+    if !faults.pend_every_receive
+        && !faults.split_receives
+        && faults.completion_delay.is_none()
+        && st.receives.is_empty()
+    {
+        let mut done = Vec::new();
+        if let Some(stream) = st.stream.as_ref() {
+            match read_some(stream, &op, op.total) {
+                Ok(0) => st.eof = true,
+                Ok(n) => op.done = n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => st.kill(status_of(&e), false, &mut done),
+            }
+        }
+        if let Phase::Dead(status) = st.phase {
+            drop(st);
+            deliver_inline(done);
+            return finish_inline(irp, status, 0);
+        }
+        if st.eof || (op.done > 0 && (!waitall || op.done == op.total)) {
+            drop(st);
+            return finish_inline(irp, STATUS_SUCCESS, op.done);
+        }
+    }
+    // SAFETY: the provider owns the IRP; marking before it can complete.
+    unsafe { IoMarkIrpPending(irp) };
+    st.receives.push_back(op);
+    drop(st);
+    k.wsk.poke(s.id);
+    STATUS_PENDING
+}
+
+pub(super) unsafe extern "system" fn WskDisconnect(
+    sock: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch("WskDisconnect") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(s) = live_socket(sock, "WskDisconnect") else {
+        return STATUS_INVALID_DEVICE_STATE;
+    };
+    let _call = s.enter_call();
+    if !k.irps.submit(irp, "WskDisconnect") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if !buf.is_null() {
+        return finish_inline(irp, STATUS_NOT_IMPLEMENTED, 0);
+    }
+    if flags & !WSK_FLAG_ABORTIVE != 0 {
+        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    let mut st = lock(&s.state);
+    match st.phase {
+        Phase::Dead(status) => return finish_inline_unlocked(st, irp, status),
+        Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
+        Phase::Connected if st.disconnect.is_some() || st.write_shut => {
+            return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE);
+        }
+        Phase::Connected => {}
+    }
+    if flags & WSK_FLAG_ABORTIVE != 0 {
+        let mut done = Vec::new();
+        st.kill(wsktls_nt::STATUS_CONNECTION_ABORTED, true, &mut done);
+        drop(st);
+        deliver_inline(done);
+        return finish_inline(irp, STATUS_SUCCESS, 0);
+    }
+    // SAFETY: the provider owns the IRP; marking before it can complete.
+    unsafe { IoMarkIrpPending(irp) };
+    st.disconnect = Some(irp as usize);
+    drop(st);
+    k.wsk.poke(s.id);
+    STATUS_PENDING
+}
+
+pub(super) unsafe extern "system" fn WskControlSocket(
+    sock: *mut WSK_SOCKET,
+    request: WSK_CONTROL_SOCKET_TYPE,
+    code: u32,
+    _level: u32,
+    _input_size: SIZE_T,
+    _input: PVOID,
+    output_size: SIZE_T,
+    output: PVOID,
+    _output_returned: *mut SIZE_T,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch("WskControlSocket") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(s) = live_socket(sock, "WskControlSocket") else {
+        return STATUS_INVALID_DEVICE_STATE;
+    };
+    let _call = s.enter_call();
+    if irp.is_null() {
+        report(
+            Rule::BadParameter,
+            "WskControlSocket(WskIoctl) requires an IRP",
+        );
+        return STATUS_INVALID_PARAMETER;
+    }
+    if !k.irps.submit(irp, "WskControlSocket") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if request != WskIoctl || code != SIO_WSK_QUERY_IDEAL_SEND_BACKLOG {
+        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    if output.is_null() || output_size < size_of::<SIZE_T>() {
+        return finish_inline(irp, STATUS_BUFFER_TOO_SMALL, 0);
+    }
+    let st = lock(&s.state);
+    let backlog = match (st.phase, &st.stream) {
+        (Phase::Connected, Some(stream)) => send_buffer_size(stream),
+        (Phase::Dead(status), _) => return finish_inline_unlocked(st, irp, status),
+        _ => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
+    };
+    drop(st);
+    // SAFETY: the caller's output buffer, at least SIZE_T bytes (checked above).
+    unsafe { (output as *mut SIZE_T).write_unaligned(backlog) };
+    finish_inline(irp, STATUS_SUCCESS, size_of::<SIZE_T>())
+}
+
+pub(super) unsafe extern "system" fn WskCloseSocket(
+    sock: *mut WSK_SOCKET,
+    irp: *mut IRP,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch("WskCloseSocket") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(s) = live_socket(sock, "WskCloseSocket") else {
+        return STATUS_INVALID_DEVICE_STATE;
+    };
+    let in_progress = s.calls.load(Ordering::Acquire);
+    if in_progress > 0 {
+        report(
+            Rule::CloseWithCallInProgress,
+            format!(
+                "WskCloseSocket on {sock:?} while {in_progress} other call(s) on it are in progress"
+            ),
+        );
+    }
+    if !k.irps.submit(irp, "WskCloseSocket") {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the provider owns the IRP; marking before it can complete.
+    unsafe { IoMarkIrpPending(irp) };
+    lock(&s.state).close = Some(irp as usize);
+    k.wsk.poke(s.id);
+    STATUS_PENDING
+}
