@@ -1,0 +1,9 @@
+//! wsktls: TLS 1.3 secure channels over Winsock Kernel, for other Windows kernel drivers.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+pub use wsktls_nt as nt;
+
+pub mod wsk;
