@@ -1,0 +1,430 @@
+//! Test harness: loopback peers, and a transfer engine that drives the WSK client the way
+//! the secure channel will (MDL chains of pool buffers, several requests in flight,
+//! completions handled one at a time) and checks every byte and every completion.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::Duration;
+
+use wsktls::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, pool_tag};
+use wsktls::wsk::{Completion, Request, Socket};
+
+pub const TAG_TEST: u32 = pool_tag(b"Test");
+
+/// How long any single completion may take before a test calls the transfer stalled.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// A TCP echo server on a loopback address: it writes back every byte it reads and shuts
+/// its side when the client does. With `reset_after`, it resets the connection (RST, via
+/// SO_LINGER 0) once it has echoed that many bytes.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+}
+
+impl EchoServer {
+    pub fn start(ip: &str) -> EchoServer {
+        Self::spawn(ip, None)
+    }
+
+    pub fn resetting_after(bytes: u64) -> EchoServer {
+        Self::spawn("127.0.0.1", Some(bytes))
+    }
+
+    fn spawn(ip: &str, reset_after: Option<u64>) -> EchoServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind a loopback listener");
+        let addr = listener.local_addr().expect("listener address");
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                thread::spawn(move || echo(conn, reset_after));
+            }
+        });
+        EchoServer { addr }
+    }
+}
+
+fn echo(mut conn: TcpStream, reset_after: Option<u64>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut echoed = 0u64;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if conn.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        echoed += n as u64;
+        if reset_after.is_some_and(|limit| echoed >= limit) {
+            reset(&conn);
+            return;
+        }
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+}
+
+/// Closes with a reset instead of a FIN.
+pub fn reset(conn: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a correctly sized SO_LINGER value.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// A loopback port nobody listens on.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+/// The byte at position `pos` of the test stream: varies with every position and has no
+/// short period, so a dropped, repeated or reordered run is caught.
+pub fn pattern(pos: u64) -> u8 {
+    let x = pos.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 57) as u8 ^ pos as u8 ^ (pos >> 8) as u8
+}
+
+/// One completion, as the handler saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Done {
+    pub id: usize,
+    pub status: NTSTATUS,
+    pub bytes: usize,
+}
+
+/// The completion handler of every test request: report to the test thread.
+pub struct Notify {
+    id: usize,
+    tx: Sender<Done>,
+}
+
+impl Completion for Notify {
+    fn completed(&self, status: NTSTATUS, bytes: usize) {
+        let _ = self.tx.send(Done {
+            id: self.id,
+            status,
+            bytes,
+        });
+    }
+}
+
+/// A request whose handler reports to `tx` with `id`.
+pub fn request(id: usize, tx: &Sender<Done>) -> Request<Notify> {
+    Request::new(Notify { id, tx: tx.clone() }).expect("request")
+}
+
+/// A request with its own chain of pool buffers, and where its bytes sit in the stream.
+pub struct Slot {
+    pub request: Request<Notify>,
+    pub buffers: Vec<PoolBuffer>,
+    /// Where the data starts in the first buffer, and how many chain bytes are left unused
+    /// at the end: both exercise WSK_BUF's Offset and a Length shorter than the chain.
+    pub offset: u32,
+    pub tail: usize,
+    pub busy: bool,
+    pub stream_pos: u64,
+    pub length: usize,
+}
+
+impl Slot {
+    pub fn new(id: usize, tx: &Sender<Done>, sizes: &[usize], offset: u32, tail: usize) -> Slot {
+        assert!(
+            sizes.len() >= 4,
+            "the transfer tests send chains of at least four MDLs"
+        );
+        let buffers = sizes
+            .iter()
+            .map(|&n| PoolBuffer::new(n, TAG_TEST).expect("pool buffer"))
+            .collect();
+        let request = request(id, tx);
+        Slot {
+            request,
+            buffers,
+            offset,
+            tail,
+            busy: false,
+            stream_pos: 0,
+            length: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buffers.iter().map(|b| b.len()).sum::<usize>() - self.offset as usize - self.tail
+    }
+
+    /// The WSK_BUF for `length` bytes of this slot's chain.
+    pub fn wsk_buf(&self, length: usize) -> WSK_BUF {
+        let refs: Vec<&PoolBuffer> = self.buffers.iter().collect();
+        // SAFETY: the slot is idle, so no request carries these MDLs.
+        let mdl = unsafe { PoolBuffer::chain(&refs) };
+        WSK_BUF {
+            Mdl: mdl,
+            Offset: self.offset,
+            Length: length,
+        }
+    }
+
+    /// Calls `f(pos, byte)` for each byte of `length` bytes of data in the chain.
+    fn for_each(&mut self, length: usize, mut f: impl FnMut(u64, &mut u8)) {
+        let mut skip = self.offset as usize;
+        let mut left = length;
+        let mut pos = self.stream_pos;
+        for b in &mut self.buffers {
+            let bytes = b.as_mut_slice();
+            let start = skip.min(bytes.len());
+            skip -= start;
+            for byte in bytes[start..].iter_mut().take(left) {
+                f(pos, byte);
+                pos += 1;
+                left -= 1;
+            }
+            if left == 0 {
+                break;
+            }
+        }
+    }
+
+    pub fn fill(&mut self, stream_pos: u64, length: usize) {
+        self.stream_pos = stream_pos;
+        self.length = length;
+        self.for_each(length, |pos, b| *b = pattern(pos));
+    }
+
+    /// Checks `length` received bytes against the stream; the first mismatch, if any.
+    pub fn check(&mut self, length: usize) -> Result<(), String> {
+        let mut bad = None;
+        self.for_each(length, |pos, b| {
+            if bad.is_none() && *b != pattern(pos) {
+                bad = Some(pos);
+            }
+        });
+        match bad {
+            None => Ok(()),
+            Some(pos) => Err(format!("byte {pos} of the stream is wrong")),
+        }
+    }
+}
+
+/// Drives sends and receives on one socket and keeps the books: every request completes
+/// exactly once, receives complete in the order posted, and the bytes come back intact.
+pub struct Transfer {
+    pub sends: Vec<Slot>,
+    pub receives: Vec<Slot>,
+    rx: Receiver<Done>,
+    posted: VecDeque<usize>,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub received: u64,
+    pub total: u64,
+    pub eof: bool,
+    pub failures: Vec<NTSTATUS>,
+    pub completions: u64,
+}
+
+/// Receive slots' ids start here, so a completion names its direction.
+const RECEIVE_ID: usize = 1000;
+
+/// Chain shapes: uneven sizes, so records straddle MDLs in every way.
+const SEND_CHAINS: [&[usize]; 4] = [
+    &[4096 + 13, 16384, 777, 12288, 9000],
+    &[1500, 1500, 1500, 1500, 30000],
+    &[65536, 1, 3, 8192],
+    &[20000, 20000, 7, 4093, 2],
+];
+const RECEIVE_CHAINS: [&[usize]; 3] = [
+    &[16384, 16384, 16384, 16384],
+    &[4096, 7, 30000, 1234],
+    &[512, 512, 512, 60000],
+];
+
+impl Transfer {
+    pub fn new(total: u64) -> Transfer {
+        let (tx, rx) = mpsc::channel();
+        let sends = SEND_CHAINS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Slot::new(i, &tx, c, (i * 5) as u32, i * 111))
+            .collect();
+        let receives = RECEIVE_CHAINS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Slot::new(RECEIVE_ID + i, &tx, c, (i * 3 + 1) as u32, i * 17))
+            .collect();
+        Transfer {
+            sends,
+            receives,
+            rx,
+            posted: VecDeque::new(),
+            sent: 0,
+            acknowledged: 0,
+            received: 0,
+            total,
+            eof: false,
+            failures: Vec::new(),
+            completions: 0,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.sends
+            .iter()
+            .chain(&self.receives)
+            .filter(|s| s.busy)
+            .count()
+    }
+
+    /// Issues every idle send (while bytes remain) and every idle receive.
+    pub fn issue(&mut self, socket: &Socket) -> Result<(), NTSTATUS> {
+        for slot in &mut self.sends {
+            if slot.busy || self.sent >= self.total {
+                continue;
+            }
+            let length = (slot.capacity() as u64).min(self.total - self.sent) as usize;
+            slot.fill(self.sent, length);
+            let buf = slot.wsk_buf(length);
+            // SAFETY: the chain is the slot's own pool buffers, untouched until completion.
+            unsafe { slot.request.send(socket, buf, 0)? };
+            slot.busy = true;
+            self.sent += length as u64;
+        }
+        if self.eof {
+            return Ok(());
+        }
+        for (i, slot) in self.receives.iter_mut().enumerate() {
+            if slot.busy {
+                continue;
+            }
+            let length = slot.capacity();
+            let buf = slot.wsk_buf(length);
+            // SAFETY: as above; the provider writes into the chain until completion.
+            unsafe { slot.request.receive(socket, buf, 0)? };
+            slot.busy = true;
+            self.posted.push_back(i);
+        }
+        Ok(())
+    }
+
+    /// Waits for one completion and books it.
+    pub fn complete_one(&mut self, wait: Duration) -> Result<Done, String> {
+        let done = match self.rx.recv_timeout(wait) {
+            Ok(d) => d,
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "no completion for {wait:?}: {} in flight, sent {} received {} of {}",
+                    self.in_flight(),
+                    self.sent,
+                    self.received,
+                    self.total
+                ));
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err("completion channel closed".into()),
+        };
+        self.book(done)?;
+        Ok(done)
+    }
+
+    fn book(&mut self, done: Done) -> Result<(), String> {
+        self.completions += 1;
+        if done.status != STATUS_SUCCESS {
+            self.failures.push(done.status);
+        }
+        if done.id >= RECEIVE_ID {
+            let i = done.id - RECEIVE_ID;
+            if !self.receives[i].busy {
+                return Err(format!(
+                    "receive {i} completed while not in flight (completed twice?)"
+                ));
+            }
+            self.receives[i].busy = false;
+            if self.posted.pop_front() != Some(i) {
+                return Err(format!(
+                    "receive {i} completed out of the order it was posted"
+                ));
+            }
+            if done.status == STATUS_SUCCESS {
+                if done.bytes == 0 {
+                    self.eof = true;
+                } else {
+                    let slot = &mut self.receives[i];
+                    slot.stream_pos = self.received;
+                    slot.check(done.bytes)?;
+                    self.received += done.bytes as u64;
+                }
+            }
+        } else {
+            let slot = &mut self.sends[done.id];
+            if !slot.busy {
+                return Err(format!(
+                    "send {} completed while not in flight (completed twice?)",
+                    done.id
+                ));
+            }
+            slot.busy = false;
+            if done.status == STATUS_SUCCESS {
+                if done.bytes != slot.length {
+                    return Err(format!(
+                        "send of {} bytes completed with {}",
+                        slot.length, done.bytes
+                    ));
+                }
+                self.acknowledged += done.bytes as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `total` bytes to the echo peer and back, checking each byte.
+    pub fn echo_all(&mut self, socket: &Socket) -> Result<(), String> {
+        while self.received < self.total {
+            self.issue(socket)
+                .map_err(|s| format!("issue failed: {s:?}"))?;
+            let done = self.complete_one(STALL)?;
+            if done.status != STATUS_SUCCESS {
+                return Err(format!("completion failed: {done:?}"));
+            }
+            if self.eof {
+                return Err(format!(
+                    "peer closed after {} of {} bytes",
+                    self.received, self.total
+                ));
+            }
+        }
+        if self.acknowledged != self.total && self.in_flight() > self.receives.len() {
+            return Err("sends outstanding after every byte came back".into());
+        }
+        Ok(())
+    }
+
+    /// After a failure: waits until nothing is in flight (every request completed once).
+    pub fn drain(&mut self, wait: Duration) -> Result<(), String> {
+        while self.in_flight() > 0 {
+            self.complete_one(wait)?;
+        }
+        Ok(())
+    }
+
+    /// No completion may arrive once nothing is in flight.
+    pub fn assert_quiet(&self, wait: Duration) {
+        if let Ok(extra) = self.rx.recv_timeout(wait) {
+            panic!("a completion arrived with nothing in flight: {extra:?}");
+        }
+    }
+}
