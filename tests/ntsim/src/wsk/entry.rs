@@ -10,15 +10,14 @@ use std::sync::atomic::Ordering;
 use wsktls_nt::{
     AF_INET, AF_INET6, IPPROTO_TCP, IRP, IoMarkIrpPending, IoSetCancelRoutine, NTSTATUS, PVOID,
     SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
-    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_HOST_UNREACHABLE,
-    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NOT_IMPLEMENTED,
-    STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_CLIENT_CONNECTION_DISPATCH,
-    WSK_CONTROL_SOCKET_TYPE, WSK_FLAG_ABORTIVE, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL, WSK_SOCKET,
-    WskIoctl,
+    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_HOST_UNREACHABLE, STATUS_INVALID_DEVICE_STATE,
+    STATUS_INVALID_PARAMETER, STATUS_NOT_IMPLEMENTED, STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS,
+    WSK_BUF, WSK_CLIENT_CONNECTION_DISPATCH, WSK_CONTROL_SOCKET_TYPE, WSK_FLAG_ABORTIVE, WSK_FLAG_NODELAY,
+    WSK_FLAG_WAITALL, WSK_SOCKET, WskIoctl,
 };
 
 use super::reactor::deliver;
-use super::socket::{Op, Phase, Socket, read_some, send_buffer_size, status_of, write_some};
+use super::socket::{Op, Phase, Socket, State, read_some, send_buffer_size, status_of, write_some};
 use crate::io::complete;
 use crate::irql::require_dispatch;
 use crate::kernel::{current, lock};
@@ -37,15 +36,11 @@ fn live_socket(sock: *mut WSK_SOCKET, what: &str) -> Option<Arc<Socket>> {
     let k = current();
     let s = k.wsk.socket_at(sock);
     match &s {
-        None => report(
-            Rule::SocketUsedAfterClose,
-            format!("{what} on {sock:?}, which is not an open socket"),
-        ),
+        None => {
+            report(Rule::SocketUsedAfterClose, format!("{what} on {sock:?}, which is not an open socket"))
+        }
         Some(s) if lock(&s.state).close.is_some() => {
-            report(
-                Rule::SocketUsedAfterClose,
-                format!("{what} on {sock:?} after WskCloseSocket"),
-            );
+            report(Rule::SocketUsedAfterClose, format!("{what} on {sock:?} after WskCloseSocket"));
             return None;
         }
         Some(_) => {}
@@ -62,10 +57,7 @@ fn sockaddr(p: *const SOCKADDR) -> Option<SocketAddr> {
         match (*p).sa_family {
             AF_INET => {
                 let a = &*(p as *const SOCKADDR_IN);
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(a.sin_addr),
-                    u16::from_be(a.sin_port),
-                )))
+                Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a.sin_addr), u16::from_be(a.sin_port))))
             }
             AF_INET6 => {
                 let a = &*(p as *const SOCKADDR_IN6);
@@ -100,17 +92,11 @@ pub(super) unsafe extern "system" fn WskSocketConnect(
         return STATUS_INVALID_PARAMETER;
     }
     let Some(registration) = k.wsk.registration_of(client) else {
-        report(
-            Rule::WskRegistration,
-            "WskSocketConnect with a client that is not a captured registration",
-        );
+        report(Rule::WskRegistration, "WskSocketConnect with a client that is not a captured registration");
         return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
     };
     let (Some(local), Some(remote)) = (sockaddr(local), sockaddr(remote)) else {
-        report(
-            Rule::BadParameter,
-            "WskSocketConnect needs a local and a remote IPv4 or IPv6 address",
-        );
+        report(Rule::BadParameter, "WskSocketConnect needs a local and a remote IPv4 or IPv6 address");
         return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
     };
     if socket_type != SOCK_STREAM
@@ -140,10 +126,7 @@ pub(super) unsafe extern "system" fn WskSocketConnect(
         match mio::net::TcpStream::connect(remote) {
             Ok(mut stream) => {
                 let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-                if let Err(e) =
-                    k.wsk
-                        .registry
-                        .register(&mut stream, mio::Token(socket.id as usize), interest)
+                if let Err(e) = k.wsk.registry.register(&mut stream, mio::Token(socket.id as usize), interest)
                 {
                     st.connect = None;
                     return finish_inline(irp, status_of(&e), 0);
@@ -193,50 +176,66 @@ unsafe extern "system" fn cancel_connect(_device: *mut wsktls_nt::DEVICE_OBJECT,
     }
 }
 
+/// What WskSend and WskReceive share: the IRQL, the socket, taking the IRP, the flags,
+/// the WSK_BUF's chain and the socket's phase. `body` gets the connected socket's state and
+/// the request, and decides between finishing inline and pending.
+unsafe fn transfer(
+    sock: *mut WSK_SOCKET,
+    buf: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+    what: &str,
+    allowed_flags: u32,
+    body: impl FnOnce(&Socket, std::sync::MutexGuard<'_, State>, Op) -> NTSTATUS,
+) -> NTSTATUS {
+    let k = current();
+    if !require_dispatch(what) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let Some(s) = live_socket(sock, what) else {
+        return STATUS_INVALID_DEVICE_STATE;
+    };
+    let _call = s.enter_call();
+    if !k.irps.submit(irp, what) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    if flags & !allowed_flags != 0 {
+        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
+    }
+    // SAFETY: the caller's WSK_BUF, read once here as the provider does.
+    let buf = unsafe { *buf };
+    let Some((mdls, segments)) = describe(&buf, what) else {
+        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
+    };
+    let st = lock(&s.state);
+    match st.phase {
+        Phase::Dead(status) => return finish_inline_unlocked(st, irp, status),
+        Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
+        Phase::Connected => {}
+    }
+    k.mdls.mark_in_flight(irp, mdls, segments.clone());
+    let waitall = flags & WSK_FLAG_WAITALL != 0 && allowed_flags & WSK_FLAG_WAITALL != 0;
+    let op = Op { irp: irp as usize, segments, done: 0, total: buf.Length, waitall, complete_at: None };
+    body(&s, st, op)
+}
+
 pub(super) unsafe extern "system" fn WskSend(
     sock: *mut WSK_SOCKET,
     buf: *mut WSK_BUF,
     flags: u32,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    // SAFETY: forwarded from the caller.
+    unsafe { transfer(sock, buf, flags, irp, "WskSend", WSK_FLAG_NODELAY, send_body) }
+}
+
+fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -> NTSTATUS {
     let k = current();
-    if !require_dispatch("WskSend") {
-        return STATUS_INVALID_PARAMETER;
+    let irp = op.irp as *mut IRP;
+    if st.write_shut || st.disconnect.is_some() {
+        return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE);
     }
-    let Some(s) = live_socket(sock, "WskSend") else {
-        return STATUS_INVALID_DEVICE_STATE;
-    };
-    let _call = s.enter_call();
-    if !k.irps.submit(irp, "WskSend") {
-        return STATUS_INVALID_PARAMETER;
-    }
-    if flags & !WSK_FLAG_NODELAY != 0 {
-        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
-    }
-    // SAFETY: the caller's WSK_BUF, read once here as the provider does.
-    let buf = unsafe { *buf };
-    let Some((mdls, segments)) = describe(&buf, "WskSend") else {
-        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
-    };
-    let mut st = lock(&s.state);
-    match st.phase {
-        Phase::Dead(status) => return finish_inline_unlocked(st, irp, status),
-        Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
-        Phase::Connected if st.write_shut || st.disconnect.is_some() => {
-            return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE);
-        }
-        Phase::Connected => {}
-    }
-    k.mdls.mark_in_flight(irp, mdls, segments.clone());
-    k.irps.remember_send(irp, segments.clone());
-    let mut op = Op {
-        irp: irp as usize,
-        segments,
-        done: 0,
-        total: buf.Length,
-        waitall: false,
-        complete_at: None,
-    };
+    k.irps.remember_send(irp, op.segments.clone());
     let faults = k.faults();
     let mut done = Vec::new();
     if !faults.pend_every_send
@@ -275,11 +274,7 @@ pub(super) unsafe extern "system" fn WskSend(
     STATUS_PENDING
 }
 
-fn finish_inline_unlocked(
-    st: std::sync::MutexGuard<'_, super::socket::State>,
-    irp: *mut IRP,
-    status: NTSTATUS,
-) -> NTSTATUS {
+fn finish_inline_unlocked(st: std::sync::MutexGuard<'_, State>, irp: *mut IRP, status: NTSTATUS) -> NTSTATUS {
     drop(st);
     finish_inline(irp, status, 0)
 }
@@ -298,44 +293,16 @@ pub(super) unsafe extern "system" fn WskReceive(
     flags: u32,
     irp: *mut IRP,
 ) -> NTSTATUS {
+    // SAFETY: forwarded from the caller.
+    unsafe { transfer(sock, buf, flags, irp, "WskReceive", WSK_FLAG_WAITALL, receive_body) }
+}
+
+fn receive_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -> NTSTATUS {
     let k = current();
-    if !require_dispatch("WskReceive") {
-        return STATUS_INVALID_PARAMETER;
-    }
-    let Some(s) = live_socket(sock, "WskReceive") else {
-        return STATUS_INVALID_DEVICE_STATE;
-    };
-    let _call = s.enter_call();
-    if !k.irps.submit(irp, "WskReceive") {
-        return STATUS_INVALID_PARAMETER;
-    }
-    if flags & !WSK_FLAG_WAITALL != 0 {
-        return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
-    }
-    // SAFETY: the caller's WSK_BUF, read once.
-    let buf = unsafe { *buf };
-    let Some((mdls, segments)) = describe(&buf, "WskReceive") else {
-        return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
-    };
-    let mut st = lock(&s.state);
-    match st.phase {
-        Phase::Dead(status) => return finish_inline_unlocked(st, irp, status),
-        Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
-        Phase::Connected => {}
-    }
+    let irp = op.irp as *mut IRP;
     if st.eof && st.receives.is_empty() {
         return finish_inline_unlocked(st, irp, STATUS_SUCCESS);
     }
-    k.mdls.mark_in_flight(irp, mdls, segments.clone());
-    let waitall = flags & WSK_FLAG_WAITALL != 0;
-    let mut op = Op {
-        irp: irp as usize,
-        segments,
-        done: 0,
-        total: buf.Length,
-        waitall,
-        complete_at: None,
-    };
     let faults = k.faults();
     if !faults.pend_every_receive
         && !faults.split_receives
@@ -356,7 +323,7 @@ pub(super) unsafe extern "system" fn WskReceive(
             deliver_inline(done);
             return finish_inline(irp, status, 0);
         }
-        if st.eof || (op.done > 0 && (!waitall || op.done == op.total)) {
+        if st.eof || (op.done > 0 && (!op.waitall || op.done == op.total)) {
             drop(st);
             return finish_inline(irp, STATUS_SUCCESS, op.done);
         }
@@ -437,10 +404,7 @@ pub(super) unsafe extern "system" fn WskControlSocket(
     };
     let _call = s.enter_call();
     if irp.is_null() {
-        report(
-            Rule::BadParameter,
-            "WskControlSocket(WskIoctl) requires an IRP",
-        );
+        report(Rule::BadParameter, "WskControlSocket(WskIoctl) requires an IRP");
         return STATUS_INVALID_PARAMETER;
     }
     if !k.irps.submit(irp, "WskControlSocket") {
@@ -464,10 +428,7 @@ pub(super) unsafe extern "system" fn WskControlSocket(
     finish_inline(irp, STATUS_SUCCESS, size_of::<SIZE_T>())
 }
 
-pub(super) unsafe extern "system" fn WskCloseSocket(
-    sock: *mut WSK_SOCKET,
-    irp: *mut IRP,
-) -> NTSTATUS {
+pub(super) unsafe extern "system" fn WskCloseSocket(sock: *mut WSK_SOCKET, irp: *mut IRP) -> NTSTATUS {
     let k = current();
     if !require_dispatch("WskCloseSocket") {
         return STATUS_INVALID_PARAMETER;
@@ -479,9 +440,7 @@ pub(super) unsafe extern "system" fn WskCloseSocket(
     if in_progress > 0 {
         report(
             Rule::CloseWithCallInProgress,
-            format!(
-                "WskCloseSocket on {sock:?} while {in_progress} other call(s) on it are in progress"
-            ),
+            format!("WskCloseSocket on {sock:?} while {in_progress} other call(s) on it are in progress"),
         );
     }
     if !k.irps.submit(irp, "WskCloseSocket") {
