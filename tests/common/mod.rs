@@ -11,13 +11,34 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::Duration;
 
-use wsktls::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, pool_tag};
-use wsktls::wsk::{Completion, Request, Socket};
+use ntsim::Kernel;
+use wsktls::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_INFINITE_WAIT, pool_tag};
+use wsktls::wsk::{Completion, Request, Socket, WskClient};
 
 pub const TAG_TEST: u32 = pool_tag(b"Test");
 
 /// How long any single completion may take before a test calls the transfer stalled.
 pub const STALL: Duration = Duration::from_secs(30);
+
+pub const CONNECT_TIMEOUT_MS: u32 = 5_000;
+
+/// A registered client with the provider NPI captured (outside DriverEntry).
+pub fn client() -> WskClient {
+    let mut client = WskClient::register().expect("WskRegister");
+    client.capture_provider(WSK_INFINITE_WAIT).expect("WskCaptureProviderNPI");
+    client
+}
+
+/// Runs `f` on `kernel` with a socket connected to `server`, then deregisters. Whatever
+/// `f` allocated is released when it returns, before the caller unloads the kernel.
+pub fn with_connection<R>(kernel: &Kernel, server: &EchoServer, f: impl FnOnce(Socket) -> R) -> R {
+    let _in = kernel.enter();
+    let client = client();
+    let socket = client.connect(server.addr, CONNECT_TIMEOUT_MS).expect("connect");
+    let r = f(socket);
+    drop(client);
+    r
+}
 
 /// A TCP echo server on a loopback address: it writes back every byte it reads and shuts
 /// its side when the client does. With `reset_after`, it resets the connection (RST, via
@@ -70,10 +91,7 @@ fn echo(mut conn: TcpStream, reset_after: Option<u64>) {
 
 /// Closes with a reset instead of a FIN.
 pub fn reset(conn: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket and a correctly sized SO_LINGER value.
     unsafe {
         libc::setsockopt(
@@ -118,11 +136,7 @@ pub struct Notify {
 
 impl Completion for Notify {
     fn completed(&self, status: NTSTATUS, bytes: usize) {
-        let _ = self.tx.send(Done {
-            id: self.id,
-            status,
-            bytes,
-        });
+        let _ = self.tx.send(Done { id: self.id, status, bytes });
     }
 }
 
@@ -146,24 +160,10 @@ pub struct Slot {
 
 impl Slot {
     pub fn new(id: usize, tx: &Sender<Done>, sizes: &[usize], offset: u32, tail: usize) -> Slot {
-        assert!(
-            sizes.len() >= 4,
-            "the transfer tests send chains of at least four MDLs"
-        );
-        let buffers = sizes
-            .iter()
-            .map(|&n| PoolBuffer::new(n, TAG_TEST).expect("pool buffer"))
-            .collect();
+        assert!(sizes.len() >= 4, "the transfer tests send chains of at least four MDLs");
+        let buffers = sizes.iter().map(|&n| PoolBuffer::new(n, TAG_TEST).expect("pool buffer")).collect();
         let request = request(id, tx);
-        Slot {
-            request,
-            buffers,
-            offset,
-            tail,
-            busy: false,
-            stream_pos: 0,
-            length: 0,
-        }
+        Slot { request, buffers, offset, tail, busy: false, stream_pos: 0, length: 0 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -175,11 +175,7 @@ impl Slot {
         let refs: Vec<&PoolBuffer> = self.buffers.iter().collect();
         // SAFETY: the slot is idle, so no request carries these MDLs.
         let mdl = unsafe { PoolBuffer::chain(&refs) };
-        WSK_BUF {
-            Mdl: mdl,
-            Offset: self.offset,
-            Length: length,
-        }
+        WSK_BUF { Mdl: mdl, Offset: self.offset, Length: length }
     }
 
     /// Calls `f(pos, byte)` for each byte of `length` bytes of data in the chain.
@@ -249,11 +245,8 @@ const SEND_CHAINS: [&[usize]; 4] = [
     &[65536, 1, 3, 8192],
     &[20000, 20000, 7, 4093, 2],
 ];
-const RECEIVE_CHAINS: [&[usize]; 3] = [
-    &[16384, 16384, 16384, 16384],
-    &[4096, 7, 30000, 1234],
-    &[512, 512, 512, 60000],
-];
+const RECEIVE_CHAINS: [&[usize]; 3] =
+    [&[16384, 16384, 16384, 16384], &[4096, 7, 30000, 1234], &[512, 512, 512, 60000]];
 
 impl Transfer {
     pub fn new(total: u64) -> Transfer {
@@ -284,11 +277,7 @@ impl Transfer {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.sends
-            .iter()
-            .chain(&self.receives)
-            .filter(|s| s.busy)
-            .count()
+        self.sends.iter().chain(&self.receives).filter(|s| s.busy).count()
     }
 
     /// Issues every idle send (while bytes remain) and every idle receive.
@@ -349,15 +338,11 @@ impl Transfer {
         if done.id >= RECEIVE_ID {
             let i = done.id - RECEIVE_ID;
             if !self.receives[i].busy {
-                return Err(format!(
-                    "receive {i} completed while not in flight (completed twice?)"
-                ));
+                return Err(format!("receive {i} completed while not in flight (completed twice?)"));
             }
             self.receives[i].busy = false;
             if self.posted.pop_front() != Some(i) {
-                return Err(format!(
-                    "receive {i} completed out of the order it was posted"
-                ));
+                return Err(format!("receive {i} completed out of the order it was posted"));
             }
             if done.status == STATUS_SUCCESS {
                 if done.bytes == 0 {
@@ -372,18 +357,12 @@ impl Transfer {
         } else {
             let slot = &mut self.sends[done.id];
             if !slot.busy {
-                return Err(format!(
-                    "send {} completed while not in flight (completed twice?)",
-                    done.id
-                ));
+                return Err(format!("send {} completed while not in flight (completed twice?)", done.id));
             }
             slot.busy = false;
             if done.status == STATUS_SUCCESS {
                 if done.bytes != slot.length {
-                    return Err(format!(
-                        "send of {} bytes completed with {}",
-                        slot.length, done.bytes
-                    ));
+                    return Err(format!("send of {} bytes completed with {}", slot.length, done.bytes));
                 }
                 self.acknowledged += done.bytes as u64;
             }
@@ -394,17 +373,13 @@ impl Transfer {
     /// Moves `total` bytes to the echo peer and back, checking each byte.
     pub fn echo_all(&mut self, socket: &Socket) -> Result<(), String> {
         while self.received < self.total {
-            self.issue(socket)
-                .map_err(|s| format!("issue failed: {s:?}"))?;
+            self.issue(socket).map_err(|s| format!("issue failed: {s:?}"))?;
             let done = self.complete_one(STALL)?;
             if done.status != STATUS_SUCCESS {
                 return Err(format!("completion failed: {done:?}"));
             }
             if self.eof {
-                return Err(format!(
-                    "peer closed after {} of {} bytes",
-                    self.received, self.total
-                ));
+                return Err(format!("peer closed after {} of {} bytes", self.received, self.total));
             }
         }
         if self.acknowledged != self.total && self.in_flight() > self.receives.len() {
