@@ -233,10 +233,7 @@ fn nt_constants() -> Vec<Constant> {
 fn status_constants() -> Vec<Constant> {
     DECLARED_STATUSES
         .iter()
-        .map(|&(name, status)| Constant {
-            c_expr: format!("(NTSTATUS){name}"),
-            value: status.0.into(),
-        })
+        .map(|&(name, status)| Constant { c_expr: format!("(NTSTATUS){name}"), value: status.0.into() })
         .collect()
 }
 
@@ -313,10 +310,7 @@ fn layout_asserts(layouts: &[Layout]) -> Vec<String> {
     let mut out = Vec::new();
     for l in layouts {
         let t = l.c_type;
-        out.push(format!(
-            "_Static_assert(sizeof({t}) == {}, \"sizeof {t}: Rust says {}\");",
-            l.size, l.size
-        ));
+        out.push(format!("_Static_assert(sizeof({t}) == {}, \"sizeof {t}: Rust says {}\");", l.size, l.size));
         out.push(format!(
             "_Static_assert(_Alignof({t}) == {}, \"alignof {t}: Rust says {}\");",
             l.align, l.align
@@ -340,9 +334,7 @@ fn scalar_asserts(scalars: &[Scalar]) -> Vec<String> {
     let mut out = Vec::new();
     for s in scalars {
         let (t, size) = (s.c_type, s.size);
-        out.push(format!(
-            "_Static_assert(sizeof({t}) == {size}, \"sizeof {t}: Rust says {size}\");"
-        ));
+        out.push(format!("_Static_assert(sizeof({t}) == {size}, \"sizeof {t}: Rust says {size}\");"));
         if let Some(signed) = s.signed {
             let word = if signed { "signed" } else { "unsigned" };
             out.push(format!(
@@ -414,11 +406,7 @@ fn compile(unit: &str, headers: &[&str], asserts: &[String]) -> Result<(), Strin
         ),
         Err(e) => panic!("could not run {COMPILER}: {e}"),
     };
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    if output.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&output.stderr).into_owned()) }
 }
 
 /// `compile`, failing the test with the compiler's diagnostics.
@@ -441,29 +429,17 @@ fn nt_structures_match_mingw_ddk_headers() {
 #[test]
 fn status_codes_match_ntstatus_h() {
     assert!(!DECLARED_STATUSES.is_empty());
-    check(
-        "status_codes",
-        NT_HEADERS,
-        &constant_asserts(&status_constants()),
-    );
+    check("status_codes", NT_HEADERS, &constant_asserts(&status_constants()));
 }
 
 #[test]
 fn nt_constants_match_mingw_ddk_headers() {
-    check(
-        "nt_constants",
-        NT_HEADERS,
-        &constant_asserts(&nt_constants()),
-    );
+    check("nt_constants", NT_HEADERS, &constant_asserts(&nt_constants()));
 }
 
 #[test]
 fn wsk_structures_match_documented_wsk_h() {
-    check(
-        "wsk_structures",
-        WSK_HEADERS,
-        &layout_asserts(&wsk_layouts()),
-    );
+    check("wsk_structures", WSK_HEADERS, &layout_asserts(&wsk_layouts()));
 }
 
 #[test]
@@ -527,30 +503,16 @@ fn well_known_x64_sizes_and_offsets_hold() {
 #[test]
 fn layout_check_rejects_a_wrong_offset() {
     let mut layouts = nt_layouts();
-    let irp = layouts
-        .iter_mut()
-        .find(|l| l.c_type == "IRP")
-        .expect("IRP is checked");
-    let io_status = irp
-        .fields
-        .iter_mut()
-        .find(|f| f.rust == "IoStatus")
-        .expect("IRP.IoStatus is checked");
+    let irp = layouts.iter_mut().find(|l| l.c_type == "IRP").expect("IRP is checked");
+    let io_status = irp.fields.iter_mut().find(|f| f.rust == "IoStatus").expect("IRP.IoStatus is checked");
     assert_eq!(io_status.offset, 48);
     io_status.offset = 56;
 
     let diagnostics = compile("wrong_offset", NT_HEADERS, &layout_asserts(&layouts))
         .expect_err("IRP.IoStatus claimed at 56 must not compile");
     println!("{diagnostics}");
-    assert!(
-        diagnostics.contains("IRP.IoStatus: Rust says offset 56"),
-        "{diagnostics}"
-    );
-    assert_eq!(
-        diagnostics.matches("static assertion failed").count(),
-        1,
-        "{diagnostics}"
-    );
+    assert!(diagnostics.contains("IRP.IoStatus: Rust says offset 56"), "{diagnostics}");
+    assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
 }
 
 /// Likewise for constants: one wrong NTSTATUS value fails, named.
@@ -566,13 +528,6 @@ fn layout_check_rejects_a_wrong_status_code() {
     let diagnostics = compile("wrong_status", NT_HEADERS, &constant_asserts(&statuses))
         .expect_err("STATUS_PENDING claimed as 0x104 must not compile");
     println!("{diagnostics}");
-    assert!(
-        diagnostics.contains("(NTSTATUS)STATUS_PENDING: Rust says 260"),
-        "{diagnostics}"
-    );
-    assert_eq!(
-        diagnostics.matches("static assertion failed").count(),
-        1,
-        "{diagnostics}"
-    );
+    assert!(diagnostics.contains("(NTSTATUS)STATUS_PENDING: Rust says 260"), "{diagnostics}");
+    assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
 }

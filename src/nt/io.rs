@@ -7,8 +7,7 @@ use core::mem::size_of;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::{
-    BOOLEAN, CCHAR, CSHORT, KEVENT, KIRQL, KPROCESSOR_MODE, LIST_ENTRY, MDL, NTSTATUS, PVOID,
-    ULONG_PTR,
+    BOOLEAN, CCHAR, CSHORT, KEVENT, KIRQL, KPROCESSOR_MODE, LIST_ENTRY, MDL, NTSTATUS, PVOID, ULONG_PTR,
 };
 
 /// `IO_TYPE_IRP`: the `Type` of every IRP.
@@ -69,26 +68,18 @@ impl IO_STATUS_BLOCK {
 
     #[inline]
     pub fn set(&mut self, status: NTSTATUS, information: ULONG_PTR) {
-        self.u = IO_STATUS_BLOCK_0 {
-            Pointer: core::ptr::null_mut(),
-        };
+        self.u = IO_STATUS_BLOCK_0 { Pointer: core::ptr::null_mut() };
         self.u.Status = status;
         self.Information = information;
     }
 }
 
 /// `IO_COMPLETION_ROUTINE`. Runs at IRQL <= DISPATCH_LEVEL.
-pub type PIO_COMPLETION_ROUTINE = Option<
-    unsafe extern "system" fn(
-        device: *mut DEVICE_OBJECT,
-        irp: *mut IRP,
-        context: PVOID,
-    ) -> NTSTATUS,
->;
+pub type PIO_COMPLETION_ROUTINE =
+    Option<unsafe extern "system" fn(device: *mut DEVICE_OBJECT, irp: *mut IRP, context: PVOID) -> NTSTATUS>;
 
 /// `DRIVER_CANCEL`. Called with the cancel spin lock held, at DISPATCH_LEVEL.
-pub type PDRIVER_CANCEL =
-    Option<unsafe extern "system" fn(device: *mut DEVICE_OBJECT, irp: *mut IRP)>;
+pub type PDRIVER_CANCEL = Option<unsafe extern "system" fn(device: *mut DEVICE_OBJECT, irp: *mut IRP)>;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -361,10 +352,7 @@ pub unsafe fn IoSetCancelRoutine(irp: *mut IRP, routine: PDRIVER_CANCEL) -> PDRI
     } else {
         // SAFETY: the slot only ever holds NULL or a DRIVER_CANCEL written above.
         Some(unsafe {
-            core::mem::transmute::<
-                *mut c_void,
-                unsafe extern "system" fn(*mut DEVICE_OBJECT, *mut IRP),
-            >(old)
+            core::mem::transmute::<*mut c_void, unsafe extern "system" fn(*mut DEVICE_OBJECT, *mut IRP)>(old)
         })
     }
 }

@@ -89,9 +89,7 @@ unsafe extern "system" {
 pub unsafe fn KeGetCurrentIrql() -> KIRQL {
     let irql: u64;
     // SAFETY: reading CR8 is how wdm.h implements KeGetCurrentIrql on x64; kernel mode only.
-    unsafe {
-        core::arch::asm!("mov {}, cr8", out(reg) irql, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, cr8", out(reg) irql, options(nomem, nostack, preserves_flags)) };
     irql as KIRQL
 }
 

@@ -118,14 +118,7 @@ pub unsafe fn MmGetSystemAddressForMdlSafe(mdl: *mut MDL, priority: u32) -> PVOI
         if (*mdl).MdlFlags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL) != 0 {
             (*mdl).MappedSystemVa
         } else {
-            MmMapLockedPagesSpecifyCache(
-                mdl,
-                crate::KernelMode,
-                MmCached,
-                core::ptr::null_mut(),
-                0,
-                priority,
-            )
+            MmMapLockedPagesSpecifyCache(mdl, crate::KernelMode, MmCached, core::ptr::null_mut(), 0, priority)
         }
     }
 }

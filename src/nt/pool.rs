@@ -8,9 +8,8 @@ use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 
 use crate::{
-    ExAllocatePool2, ExFreePoolWithTag, FALSE, IoAllocateMdl, IoFreeMdl, MDL,
-    MmBuildMdlForNonPagedPool, NTSTATUS, POOL_FLAG_NON_PAGED, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_PARAMETER,
+    ExAllocatePool2, ExFreePoolWithTag, FALSE, IoAllocateMdl, IoFreeMdl, MDL, MmBuildMdlForNonPagedPool,
+    NTSTATUS, POOL_FLAG_NON_PAGED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
 };
 
 /// The alignment ExAllocatePool2 guarantees on x64.
@@ -110,12 +109,7 @@ impl PoolBuffer {
         };
         // SAFETY: a fresh MDL over resident nonpaged pool.
         unsafe { MmBuildMdlForNonPagedPool(mdl.as_ptr()) };
-        Ok(PoolBuffer {
-            data,
-            len,
-            mdl,
-            tag,
-        })
+        Ok(PoolBuffer { data, len, mdl, tag })
     }
 
     pub fn len(&self) -> usize {
@@ -153,9 +147,7 @@ impl PoolBuffer {
     /// No request may be carrying any of these MDLs.
     pub unsafe fn chain(buffers: &[&PoolBuffer]) -> *mut MDL {
         for (i, b) in buffers.iter().enumerate() {
-            let next = buffers
-                .get(i + 1)
-                .map_or(core::ptr::null_mut(), |n| n.mdl());
+            let next = buffers.get(i + 1).map_or(core::ptr::null_mut(), |n| n.mdl());
             // SAFETY: our own MDL, not in flight per the caller.
             unsafe { (*b.mdl()).Next = next };
         }

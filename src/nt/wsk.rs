@@ -236,10 +236,8 @@ pub struct WSK_PROVIDER_CONNECTION_DISPATCH {
 
 unsafe extern "system" {
     /// Registers a WSK client. PASSIVE_LEVEL.
-    pub fn WskRegister(
-        WskClientNpi: *mut WSK_CLIENT_NPI,
-        WskRegistration: *mut WSK_REGISTRATION,
-    ) -> NTSTATUS;
+    pub fn WskRegister(WskClientNpi: *mut WSK_CLIENT_NPI, WskRegistration: *mut WSK_REGISTRATION)
+    -> NTSTATUS;
     /// Captures the provider NPI, waiting up to `WaitTimeout` ms for the provider.
     /// PASSIVE_LEVEL unless `WaitTimeout` is WSK_NO_WAIT.
     pub fn WskCaptureProviderNPI(

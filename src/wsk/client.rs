@@ -5,17 +5,14 @@ use core::net::SocketAddr;
 use super::TAG_CLIENT;
 use super::socket::Socket;
 use crate::nt::{
-    NTSTATUS, PoolBox, STATUS_DEVICE_NOT_READY, WSK_CLIENT_DISPATCH, WSK_CLIENT_NPI,
-    WSK_PROVIDER_NPI, WSK_REGISTRATION, WSK_VERSION_1_0, WskCaptureProviderNPI, WskDeregister,
-    WskRegister, WskReleaseProviderNPI,
+    NTSTATUS, PoolBox, STATUS_DEVICE_NOT_READY, WSK_CLIENT_DISPATCH, WSK_CLIENT_NPI, WSK_PROVIDER_NPI,
+    WSK_REGISTRATION, WSK_VERSION_1_0, WskCaptureProviderNPI, WskDeregister, WskRegister,
+    WskReleaseProviderNPI,
 };
 
 /// wsktls enables no client-level events.
-static CLIENT_DISPATCH: WSK_CLIENT_DISPATCH = WSK_CLIENT_DISPATCH {
-    Version: WSK_VERSION_1_0,
-    Reserved: 0,
-    WskClientEvent: None,
-};
+static CLIENT_DISPATCH: WSK_CLIENT_DISPATCH =
+    WSK_CLIENT_DISPATCH { Version: WSK_VERSION_1_0, Reserved: 0, WskClientEvent: None };
 
 /// The registration block WSK writes into must not move: it lives in pool.
 struct Registration {
@@ -39,17 +36,8 @@ impl WskClient {
     pub fn register() -> Result<WskClient, NTSTATUS> {
         // SAFETY: an all-zero registration block is what WskRegister expects to fill.
         let block: WSK_REGISTRATION = unsafe { core::mem::zeroed() };
-        let mut registration = PoolBox::new(
-            TAG_CLIENT,
-            Registration {
-                block,
-                provider: None,
-            },
-        )?;
-        let mut npi = WSK_CLIENT_NPI {
-            ClientContext: core::ptr::null_mut(),
-            Dispatch: &CLIENT_DISPATCH,
-        };
+        let mut registration = PoolBox::new(TAG_CLIENT, Registration { block, provider: None })?;
+        let mut npi = WSK_CLIENT_NPI { ClientContext: core::ptr::null_mut(), Dispatch: &CLIENT_DISPATCH };
         // SAFETY: the NPI and the pool-resident block are valid for the call; the block
         // stays put until WskDeregister in drop.
         let status = unsafe { WskRegister(&mut npi, &mut registration.block) };
@@ -69,8 +57,7 @@ impl WskClient {
         // SAFETY: a zeroed NPI is valid output storage.
         let mut npi: WSK_PROVIDER_NPI = unsafe { core::mem::zeroed() };
         // SAFETY: our registered block and an output NPI.
-        let status =
-            unsafe { WskCaptureProviderNPI(&mut self.registration.block, wait_ms, &mut npi) };
+        let status = unsafe { WskCaptureProviderNPI(&mut self.registration.block, wait_ms, &mut npi) };
         if !status.is_success() {
             return Err(status);
         }
@@ -81,11 +68,7 @@ impl WskClient {
     /// Connects a TCP socket to `remote` (IPv4 or IPv6), giving up with STATUS_IO_TIMEOUT
     /// after `timeout_ms`. PASSIVE_LEVEL.
     pub fn connect(&self, remote: SocketAddr, timeout_ms: u32) -> Result<Socket, NTSTATUS> {
-        let npi = self
-            .registration
-            .provider
-            .as_ref()
-            .ok_or(STATUS_DEVICE_NOT_READY)?;
+        let npi = self.registration.provider.as_ref().ok_or(STATUS_DEVICE_NOT_READY)?;
         Socket::connect(npi, remote, timeout_ms)
     }
 }

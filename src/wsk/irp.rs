@@ -7,10 +7,10 @@ use core::ffi::c_void;
 use core::ptr::NonNull;
 
 use crate::nt::{
-    Executive, FALSE, IRP, IoAllocateIrp, IoCancelIrp, IoFreeIrp, IoReuseIrp,
-    IoSetCompletionRoutine, KEVENT, KeInitializeEvent, KeSetEvent, KeWaitForSingleObject,
-    KernelMode, NTSTATUS, NotificationEvent, PIO_COMPLETION_ROUTINE, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_MORE_PROCESSING_REQUIRED, STATUS_TIMEOUT, STATUS_UNSUCCESSFUL, relative_timeout_ms,
+    Executive, FALSE, IRP, IoAllocateIrp, IoCancelIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine, KEVENT,
+    KeInitializeEvent, KeSetEvent, KeWaitForSingleObject, KernelMode, NTSTATUS, NotificationEvent,
+    PIO_COMPLETION_ROUTINE, STATUS_INSUFFICIENT_RESOURCES, STATUS_MORE_PROCESSING_REQUIRED, STATUS_TIMEOUT,
+    STATUS_UNSUCCESSFUL, relative_timeout_ms,
 };
 
 pub(crate) struct Irp(NonNull<IRP>);
@@ -35,9 +35,7 @@ impl Irp {
     pub(crate) fn allocate() -> Result<Irp, NTSTATUS> {
         // SAFETY: plain allocation; checked.
         let irp = unsafe { IoAllocateIrp(1, FALSE) };
-        NonNull::new(irp)
-            .map(Irp)
-            .ok_or(STATUS_INSUFFICIENT_RESOURCES)
+        NonNull::new(irp).map(Irp).ok_or(STATUS_INSUFFICIENT_RESOURCES)
     }
 
     pub(crate) fn as_ptr(&self) -> *mut IRP {
@@ -103,20 +101,10 @@ impl Irp {
             if timed_out {
                 IoCancelIrp(self.as_ptr());
             }
-            KeWaitForSingleObject(
-                event_ptr.cast(),
-                Executive,
-                KernelMode,
-                FALSE,
-                core::ptr::null(),
-            );
+            KeWaitForSingleObject(event_ptr.cast(), Executive, KernelMode, FALSE, core::ptr::null());
         }
         let (status, information) = self.outcome();
-        Outcome {
-            status,
-            information,
-            timed_out,
-        }
+        Outcome { status, information, timed_out }
     }
 }
 

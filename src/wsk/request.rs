@@ -11,8 +11,8 @@ use super::TAG_REQUEST;
 use super::irp::Irp;
 use super::socket::Socket;
 use crate::nt::{
-    DEVICE_OBJECT, IRP, NTSTATUS, PoolBox, STATUS_INVALID_DEVICE_STATE,
-    STATUS_MORE_PROCESSING_REQUIRED, WSK_BUF,
+    DEVICE_OBJECT, IRP, NTSTATUS, PoolBox, STATUS_INVALID_DEVICE_STATE, STATUS_MORE_PROCESSING_REQUIRED,
+    WSK_BUF,
 };
 
 /// Receives a request's outcome.
@@ -50,24 +50,12 @@ impl<H: Completion> Request<H> {
     /// starts, so that sending allocates nothing.
     pub fn new(handler: H) -> Result<Self, NTSTATUS> {
         let irp = Irp::allocate()?;
-        let buf = WSK_BUF {
-            Mdl: core::ptr::null_mut(),
-            Offset: 0,
-            Length: 0,
-        };
+        let buf = WSK_BUF { Mdl: core::ptr::null_mut(), Offset: 0, Length: 0 };
         let slot = PoolBox::new(
             TAG_REQUEST,
-            Slot {
-                irp,
-                buf,
-                in_flight: AtomicBool::new(false),
-                in_routine: AtomicU32::new(0),
-                handler,
-            },
+            Slot { irp, buf, in_flight: AtomicBool::new(false), in_routine: AtomicU32::new(0), handler },
         )?;
-        Ok(Request {
-            slot: ManuallyDrop::new(slot),
-        })
+        Ok(Request { slot: ManuallyDrop::new(slot) })
     }
 
     pub fn handler(&self) -> &H {
@@ -90,13 +78,7 @@ impl<H: Completion> Request<H> {
     /// # Safety
     /// `buf` describes a chain of locked MDLs holding at least `Offset + Length` bytes,
     /// which stays valid (and, for a send, unchanged) until the handler runs.
-    unsafe fn issue(
-        &self,
-        socket: &Socket,
-        send: bool,
-        buf: WSK_BUF,
-        flags: u32,
-    ) -> Result<(), NTSTATUS> {
+    unsafe fn issue(&self, socket: &Socket, send: bool, buf: WSK_BUF, flags: u32) -> Result<(), NTSTATUS> {
         let slot = self.slot();
         if slot.in_flight.swap(true, Ordering::AcqRel) {
             return Err(STATUS_INVALID_DEVICE_STATE);
@@ -108,9 +90,7 @@ impl<H: Completion> Request<H> {
         let r = unsafe {
             (*slot_ptr).buf = buf;
             slot.irp.prepare(Some(completed::<H>), slot_ptr.cast());
-            socket
-                .core()
-                .transfer(send, &mut (*slot_ptr).buf, flags, slot.irp.as_ptr())
+            socket.core().transfer(send, &mut (*slot_ptr).buf, flags, slot.irp.as_ptr())
         };
         if r.is_err() {
             slot.in_flight.store(false, Ordering::Release);
@@ -131,12 +111,7 @@ impl<H: Completion> Request<H> {
     ///
     /// # Safety
     /// As for `issue`.
-    pub unsafe fn receive(
-        &self,
-        socket: &Socket,
-        buf: WSK_BUF,
-        flags: u32,
-    ) -> Result<(), NTSTATUS> {
+    pub unsafe fn receive(&self, socket: &Socket, buf: WSK_BUF, flags: u32) -> Result<(), NTSTATUS> {
         // SAFETY: forwarded contract.
         unsafe { self.issue(socket, false, buf, flags) }
     }

@@ -11,11 +11,10 @@ use super::TAG_SOCKET;
 use super::irp::{Irp, Outcome};
 use crate::nt::{
     AF_INET, AF_INET6, EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection,
-    ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, IPPROTO_TCP, IRP, NTSTATUS,
-    PoolBox, SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN,
-    SOCKADDR_IN6, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT,
-    STATUS_UNSUCCESSFUL, WSK_BUF, WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_SOCKET,
-    WskIoctl,
+    ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, IPPROTO_TCP, IRP, NTSTATUS, PoolBox,
+    SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
+    STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_UNSUCCESSFUL, WSK_BUF,
+    WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_SOCKET, WskIoctl,
 };
 
 pub(crate) struct SocketCore {
@@ -100,8 +99,7 @@ impl Socket {
         let mut remote = WinAddr::new(remote);
         let mut local = remote.any_like();
         // SAFETY: a valid captured NPI; its dispatch table is the provider's.
-        let socket_connect =
-            unsafe { (*npi.Dispatch).WskSocketConnect }.ok_or(STATUS_UNSUCCESSFUL)?;
+        let socket_connect = unsafe { (*npi.Dispatch).WskSocketConnect }.ok_or(STATUS_UNSUCCESSFUL)?;
         let outcome = core.close_irp.call_and_wait(Some(timeout_ms), |irp| {
             // SAFETY: the addresses live until the call completes (we wait for it); no
             // event callbacks are enabled, so no context or dispatch is given.
@@ -124,11 +122,7 @@ impl Socket {
         });
         match outcome {
             Outcome { status, .. } if status.is_success() => {}
-            Outcome {
-                status: STATUS_CANCELLED,
-                timed_out: true,
-                ..
-            } => return Err(STATUS_IO_TIMEOUT),
+            Outcome { status: STATUS_CANCELLED, timed_out: true, .. } => return Err(STATUS_IO_TIMEOUT),
             Outcome { status, .. } => return Err(status),
         }
         core.wsk = outcome.information as *mut WSK_SOCKET;
@@ -151,8 +145,7 @@ impl Socket {
         let core = self.core();
         let outcome = core.call(|dispatch, wsk| {
             // SAFETY: `backlog` outlives the request: call_and_wait returns after completion.
-            let control =
-                unsafe { (*dispatch).Basic.WskControlSocket }.ok_or(STATUS_UNSUCCESSFUL)?;
+            let control = unsafe { (*dispatch).Basic.WskControlSocket }.ok_or(STATUS_UNSUCCESSFUL)?;
             Ok(irp.call_and_wait(None, |irp| unsafe {
                 // SAFETY: an open socket under rundown protection, an output the size of SIZE_T.
                 control(
@@ -169,11 +162,7 @@ impl Socket {
                 )
             }))
         })?;
-        if outcome.status.is_success() {
-            Ok(backlog)
-        } else {
-            Err(outcome.status)
-        }
+        if outcome.status.is_success() { Ok(backlog) } else { Err(outcome.status) }
     }
 
     /// Graceful disconnect: the peer gets a FIN after every pending send. PASSIVE_LEVEL;
@@ -190,9 +179,7 @@ impl Socket {
         })?;
         match outcome {
             Outcome { status, .. } if status.is_success() => Ok(()),
-            Outcome {
-                timed_out: true, ..
-            } => Err(STATUS_IO_TIMEOUT),
+            Outcome { timed_out: true, .. } => Err(STATUS_IO_TIMEOUT),
             Outcome { status, .. } => Err(status),
         }
     }
@@ -236,13 +223,7 @@ impl SocketCore {
     ) -> Result<(), NTSTATUS> {
         self.call(|dispatch, wsk| {
             // SAFETY: reading the provider's table.
-            let f = unsafe {
-                if send {
-                    (*dispatch).WskSend
-                } else {
-                    (*dispatch).WskReceive
-                }
-            };
+            let f = unsafe { if send { (*dispatch).WskSend } else { (*dispatch).WskReceive } };
             let f = f.ok_or(STATUS_UNSUCCESSFUL)?;
             // SAFETY: per this function's contract; the inline status is the completion
             // routine's business.
@@ -267,8 +248,6 @@ impl Drop for SocketCore {
             return;
         };
         // SAFETY: the socket is open and idle; the close IRP is ours.
-        let _ = self
-            .close_irp
-            .call_and_wait(None, |irp| unsafe { close(wsk, irp) });
+        let _ = self.close_irp.call_and_wait(None, |irp| unsafe { close(wsk, irp) });
     }
 }

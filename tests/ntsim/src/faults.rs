@@ -53,9 +53,7 @@ pub(crate) fn allocation_fails(kind: AllocKind) -> bool {
     };
     let fail = which == kind && k.with_rng(|r| r.chance(p));
     if fail {
-        k.counters
-            .allocations_failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        k.counters.allocations_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     fail
 }

@@ -8,10 +8,10 @@ use std::mem::size_of;
 use std::sync::Mutex;
 
 use wsktls_nt::{
-    BOOLEAN, CCHAR, IO_STACK_LOCATION, IO_TYPE_IRP, IRP, IoGetCurrentIrpStackLocation,
-    IoMarkIrpPending, IoSetCancelRoutine, IoSetNextIrpStackLocation, IoSizeOfIrp, KIRQL,
-    KSPIN_LOCK, NT_SUCCESS, NTSTATUS, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR,
-    SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED, STATUS_MORE_PROCESSING_REQUIRED,
+    BOOLEAN, CCHAR, IO_STACK_LOCATION, IO_TYPE_IRP, IRP, IoGetCurrentIrpStackLocation, IoMarkIrpPending,
+    IoSetCancelRoutine, IoSetNextIrpStackLocation, IoSizeOfIrp, KIRQL, KSPIN_LOCK, NT_SUCCESS, NTSTATUS,
+    SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED,
+    STATUS_MORE_PROCESSING_REQUIRED,
 };
 
 use crate::faults::{AllocKind, allocation_fails};
@@ -61,15 +61,9 @@ impl Irps {
     pub(crate) fn check_unload(&self) {
         let live = lock(&self.live);
         if !live.is_empty() {
-            let states: Vec<String> = live
-                .iter()
-                .map(|(a, r)| format!("{a:#x} ({:?})", r.state))
-                .collect();
+            let states: Vec<String> = live.iter().map(|(a, r)| format!("{a:#x} ({:?})", r.state)).collect();
             drop(live);
-            report(
-                Rule::IrpLeaked,
-                format!("IRP(s) still allocated at unload: {}", states.join(", ")),
-            );
+            report(Rule::IrpLeaked, format!("IRP(s) still allocated at unload: {}", states.join(", ")));
         }
     }
 
@@ -79,20 +73,14 @@ impl Irps {
         let mut live = lock(&self.live);
         let Some(rec) = live.get_mut(&(irp as usize)) else {
             drop(live);
-            report(
-                Rule::BadParameter,
-                format!("{what}: {irp:?} is not an IRP from IoAllocateIrp"),
-            );
+            report(Rule::BadParameter, format!("{what}: {irp:?} is not an IRP from IoAllocateIrp"));
             return false;
         };
         match rec.state {
             IrpState::Fresh => {}
             IrpState::InFlight => {
                 drop(live);
-                report(
-                    Rule::IrpInFlightMisuse,
-                    format!("{what}: IRP {irp:?} is already in flight"),
-                );
+                report(Rule::IrpInFlightMisuse, format!("{what}: IRP {irp:?} is already in flight"));
                 return false;
             }
             IrpState::Completed => {
@@ -147,14 +135,7 @@ pub extern "system" fn IoAllocateIrp(stack_size: CCHAR, _charge_quota: BOOLEAN) 
     }
     // SAFETY: fresh zeroed allocation of IoSizeOfIrp(stack_size) bytes (IoInitializeIrp).
     unsafe { initialize(irp, size, stack_size) };
-    lock(&k.irps.live).insert(
-        irp as usize,
-        IrpRecord {
-            size,
-            state: IrpState::Fresh,
-            send_hash: None,
-        },
-    );
+    lock(&k.irps.live).insert(irp as usize, IrpRecord { size, state: IrpState::Fresh, send_hash: None });
     irp
 }
 
@@ -182,18 +163,12 @@ pub unsafe extern "system" fn IoFreeIrp(irp: *mut IRP) {
     let mut live = lock(&k.irps.live);
     let Some(rec) = live.get(&(irp as usize)) else {
         drop(live);
-        report(
-            Rule::BadParameter,
-            format!("IoFreeIrp({irp:?}): not a live IRP (double free?)"),
-        );
+        report(Rule::BadParameter, format!("IoFreeIrp({irp:?}): not a live IRP (double free?)"));
         return;
     };
     if rec.state == IrpState::InFlight {
         drop(live);
-        report(
-            Rule::IrpInFlightMisuse,
-            format!("IoFreeIrp({irp:?}) while the IRP is in flight"),
-        );
+        report(Rule::IrpInFlightMisuse, format!("IoFreeIrp({irp:?}) while the IRP is in flight"));
         return;
     }
     let size = rec.size;
@@ -209,18 +184,12 @@ pub unsafe extern "system" fn IoReuseIrp(irp: *mut IRP, status: NTSTATUS) {
     let mut live = lock(&k.irps.live);
     let Some(rec) = live.get_mut(&(irp as usize)) else {
         drop(live);
-        report(
-            Rule::BadParameter,
-            format!("IoReuseIrp({irp:?}): not a live IRP"),
-        );
+        report(Rule::BadParameter, format!("IoReuseIrp({irp:?}): not a live IRP"));
         return;
     };
     if rec.state == IrpState::InFlight {
         drop(live);
-        report(
-            Rule::IrpInFlightMisuse,
-            format!("IoReuseIrp({irp:?}) while the IRP is in flight"),
-        );
+        report(Rule::IrpInFlightMisuse, format!("IoReuseIrp({irp:?}) while the IRP is in flight"));
         return;
     }
     rec.state = IrpState::Fresh;
@@ -246,18 +215,12 @@ pub unsafe extern "system" fn IofCompleteRequest(irp: *mut IRP, _boost: CCHAR) {
         let mut live = lock(&k.irps.live);
         let Some(rec) = live.get_mut(&(irp as usize)) else {
             drop(live);
-            report(
-                Rule::BadParameter,
-                format!("IoCompleteRequest({irp:?}): not a live IRP"),
-            );
+            report(Rule::BadParameter, format!("IoCompleteRequest({irp:?}): not a live IRP"));
             return;
         };
         if rec.state == IrpState::Completed {
             drop(live);
-            report(
-                Rule::IrpCompletedTwice,
-                format!("IoCompleteRequest({irp:?}): the IRP already completed"),
-            );
+            report(Rule::IrpCompletedTwice, format!("IoCompleteRequest({irp:?}): the IRP already completed"));
             return;
         }
         rec.state = IrpState::Completed;

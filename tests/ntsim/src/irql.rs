@@ -27,10 +27,7 @@ pub fn with_irql<R>(irql: KIRQL, what: &str, f: impl FnOnce() -> R) -> R {
     let r = f();
     let now = current_irql();
     if now != irql {
-        report(
-            Rule::IrqlMismatch,
-            format!("{what} returned at IRQL {now}, entered at {irql}"),
-        );
+        report(Rule::IrqlMismatch, format!("{what} returned at IRQL {now}, entered at {irql}"));
     }
     set_irql(old);
     r
@@ -54,10 +51,7 @@ pub(crate) fn require_dispatch(function: &str) -> bool {
 fn require_at_most(max: KIRQL, function: &str) -> bool {
     let irql = current_irql();
     if irql > max {
-        report(
-            Rule::IrqlTooHigh,
-            format!("{function} called at IRQL {irql}; it requires IRQL <= {max}"),
-        );
+        report(Rule::IrqlTooHigh, format!("{function} called at IRQL {irql}; it requires IRQL <= {max}"));
         return false;
     }
     true
@@ -72,10 +66,7 @@ pub extern "system" fn KeGetCurrentIrql() -> KIRQL {
 pub extern "system" fn KfRaiseIrql(new: KIRQL) -> KIRQL {
     let old = current_irql();
     if new < old || new > HIGH_LEVEL {
-        report(
-            Rule::IrqlMismatch,
-            format!("KeRaiseIrql from {old} to {new}"),
-        );
+        report(Rule::IrqlMismatch, format!("KeRaiseIrql from {old} to {new}"));
     }
     set_irql(new);
     old
@@ -85,10 +76,7 @@ pub extern "system" fn KfRaiseIrql(new: KIRQL) -> KIRQL {
 pub extern "system" fn KeLowerIrql(new: KIRQL) {
     let old = current_irql();
     if new > old {
-        report(
-            Rule::IrqlMismatch,
-            format!("KeLowerIrql from {old} to {new}"),
-        );
+        report(Rule::IrqlMismatch, format!("KeLowerIrql from {old} to {new}"));
     }
     set_irql(new);
 }

@@ -134,10 +134,7 @@ impl Kernel {
     }
 
     pub fn boot_with(config: Config) -> Kernel {
-        let seed = config
-            .seed
-            .or_else(seed_from_env)
-            .unwrap_or_else(random_seed);
+        let seed = config.seed.or_else(seed_from_env).unwrap_or_else(random_seed);
         let (provider, reactor) = wsk::Provider::new();
         let inner = Arc::new(KernelInner {
             seed,
@@ -159,11 +156,7 @@ impl Kernel {
                 reactor.run(&k);
             })
             .expect("ntsim: cannot start the WSK provider thread");
-        Kernel {
-            inner,
-            reactor: Some(reactor),
-            finished: false,
-        }
+        Kernel { inner, reactor: Some(reactor), finished: false }
     }
 
     /// Enters this kernel on the calling thread, at PASSIVE_LEVEL.
@@ -172,10 +165,7 @@ impl Kernel {
     }
 
     /// Runs `f` on a new thread that has entered this kernel (a system thread).
-    pub fn spawn<R: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> thread::JoinHandle<R> {
+    pub fn spawn<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> thread::JoinHandle<R> {
         let k = Arc::clone(&self.inner);
         thread::spawn(move || {
             let _in = enter(k);
@@ -262,10 +252,7 @@ impl Kernel {
 }
 
 fn failure_text(seed: u64, reports: &[Report]) -> String {
-    let mut s = format!(
-        "ntsim verifier: {} report(s); replay with NTSIM_SEED={seed}\n",
-        reports.len()
-    );
+    let mut s = format!("ntsim verifier: {} report(s); replay with NTSIM_SEED={seed}\n", reports.len());
     for r in reports {
         s.push_str(&format!("  {r}\n"));
     }
@@ -280,10 +267,7 @@ impl Drop for Kernel {
         self.stop();
         let reports = self.take_reports();
         if thread::panicking() {
-            eprintln!(
-                "ntsim: test failed with fault-injection seed NTSIM_SEED={}",
-                self.seed()
-            );
+            eprintln!("ntsim: test failed with fault-injection seed NTSIM_SEED={}", self.seed());
             if !reports.is_empty() {
                 eprintln!("{}", failure_text(self.seed(), &reports));
             }
@@ -298,10 +282,7 @@ fn seed_from_env() -> Option<u64> {
 }
 
 fn random_seed() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let salt = NEXT_SEED_SALT.fetch_add(1, Ordering::Relaxed);
     Rng::new(t ^ salt.rotate_left(32) ^ std::process::id() as u64).next_u64()
 }

@@ -8,9 +8,8 @@ use std::mem::size_of;
 use std::sync::Mutex;
 
 use wsktls_nt::{
-    ADDRESS_AND_SIZE_TO_SPAN_PAGES, BOOLEAN, BYTE_OFFSET, IRP, KPROCESSOR_MODE, MDL,
-    MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, PAGE_ALIGN, PAGE_SHIFT,
-    PFN_NUMBER, PVOID, WSK_BUF,
+    ADDRESS_AND_SIZE_TO_SPAN_PAGES, BOOLEAN, BYTE_OFFSET, IRP, KPROCESSOR_MODE, MDL, MDL_MAPPED_TO_SYSTEM_VA,
+    MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, PAGE_ALIGN, PAGE_SHIFT, PFN_NUMBER, PVOID, WSK_BUF,
 };
 
 use crate::faults::{AllocKind, allocation_fails};
@@ -49,10 +48,7 @@ impl Mdls {
     pub(crate) fn check_unload(&self) {
         let n = self.outstanding();
         if n > 0 {
-            report(
-                Rule::MdlLeaked,
-                format!("{n} MDL(s) still allocated at unload"),
-            );
+            report(Rule::MdlLeaked, format!("{n} MDL(s) still allocated at unload"));
         }
     }
 
@@ -72,19 +68,13 @@ impl Mdls {
     pub(crate) fn in_flight_overlapping(&self, addr: usize, len: usize) -> Option<usize> {
         let f = lock(&self.in_flight);
         f.iter()
-            .find(|(_, i)| {
-                i.segments
-                    .iter()
-                    .any(|s| s.addr < addr + len && addr < s.addr + s.len)
-            })
+            .find(|(_, i)| i.segments.iter().any(|s| s.addr < addr + len && addr < s.addr + s.len))
             .map(|(irp, _)| *irp)
     }
 
     fn carrying(&self, mdl: usize) -> Option<usize> {
         let f = lock(&self.in_flight);
-        f.iter()
-            .find(|(_, i)| i.mdls.contains(&mdl))
-            .map(|(irp, _)| *irp)
+        f.iter().find(|(_, i)| i.mdls.contains(&mdl)).map(|(irp, _)| *irp)
     }
 }
 
@@ -136,18 +126,12 @@ pub unsafe extern "system" fn IoFreeMdl(mdl: *mut MDL) {
     let k = current();
     require_dispatch("IoFreeMdl");
     let Some(size) = lock(&k.mdls.live).get(&(mdl as usize)).copied() else {
-        report(
-            Rule::BadMdl,
-            format!("IoFreeMdl({mdl:?}): not a live MDL (double free?)"),
-        );
+        report(Rule::BadMdl, format!("IoFreeMdl({mdl:?}): not a live MDL (double free?)"));
         return;
     };
     lock(&k.mdls.live).remove(&(mdl as usize));
     if let Some(irp) = k.mdls.carrying(mdl as usize) {
-        report(
-            Rule::MdlFreedInFlight,
-            format!("MDL {mdl:?} freed while IRP {irp:#x} carries it"),
-        );
+        report(Rule::MdlFreedInFlight, format!("MDL {mdl:?} freed while IRP {irp:#x} carries it"));
         lock(&k.mdls.quarantined).push(mdl as usize);
         return;
     }
@@ -160,10 +144,7 @@ pub unsafe extern "system" fn MmBuildMdlForNonPagedPool(mdl: *mut MDL) {
     let k = current();
     require_dispatch("MmBuildMdlForNonPagedPool");
     if !k.mdls.is_live(mdl) {
-        report(
-            Rule::BadMdl,
-            format!("MmBuildMdlForNonPagedPool({mdl:?}): not a live MDL"),
-        );
+        report(Rule::BadMdl, format!("MmBuildMdlForNonPagedPool({mdl:?}): not a live MDL"));
         return;
     }
     // SAFETY: a live MDL from IoAllocateMdl, sized for its pages.
@@ -202,13 +183,8 @@ pub unsafe extern "system" fn MmMapLockedPagesSpecifyCache(
     require_dispatch("MmMapLockedPagesSpecifyCache");
     // SAFETY: checked live below before any field is read.
     unsafe {
-        if !k.mdls.is_live(mdl)
-            || (*mdl).MdlFlags & (MDL_PAGES_LOCKED | MDL_SOURCE_IS_NONPAGED_POOL) == 0
-        {
-            report(
-                Rule::BadMdl,
-                format!("MmMapLockedPagesSpecifyCache({mdl:?}): MDL not locked"),
-            );
+        if !k.mdls.is_live(mdl) || (*mdl).MdlFlags & (MDL_PAGES_LOCKED | MDL_SOURCE_IS_NONPAGED_POOL) == 0 {
+            report(Rule::BadMdl, format!("MmMapLockedPagesSpecifyCache({mdl:?}): MDL not locked"));
             return std::ptr::null_mut();
         }
         // User-mode has one address space: the system mapping is the buffer itself.
@@ -228,10 +204,7 @@ pub(crate) fn describe(buf: &WSK_BUF, what: &str) -> Option<(Vec<usize>, Vec<Seg
     let mut mdl = buf.Mdl;
     let mut skip = buf.Offset as usize;
     if mdl.is_null() {
-        report(
-            Rule::BadParameter,
-            format!("{what}: WSK_BUF with a NULL MDL"),
-        );
+        report(Rule::BadParameter, format!("{what}: WSK_BUF with a NULL MDL"));
         return None;
     }
     let mut chain_bytes = 0usize;
@@ -247,10 +220,7 @@ pub(crate) fn describe(buf: &WSK_BUF, what: &str) -> Option<(Vec<usize>, Vec<Seg
             return None;
         }
         if !k.mdls.is_live(mdl) {
-            report(
-                Rule::BadMdl,
-                format!("{what}: {mdl:?} in the chain is not a live MDL"),
-            );
+            report(Rule::BadMdl, format!("{what}: {mdl:?} in the chain is not a live MDL"));
             return None;
         }
         // SAFETY: a live MDL allocated by IoAllocateMdl.
@@ -288,10 +258,7 @@ pub(crate) fn describe(buf: &WSK_BUF, what: &str) -> Option<(Vec<usize>, Vec<Seg
                 );
                 return None;
             }
-            segments.push(Segment {
-                addr: va + skip,
-                len: take,
-            });
+            segments.push(Segment { addr: va + skip, len: take });
         }
         mdls.push(mdl as usize);
         need -= take;

@@ -7,8 +7,8 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 use wsktls_nt::{
-    POOL_FLAG_NON_PAGED, POOL_FLAG_PAGED, POOL_FLAG_RAISE_ON_FAILURE, POOL_FLAG_UNINITIALIZED,
-    POOL_FLAGS, PVOID,
+    POOL_FLAG_NON_PAGED, POOL_FLAG_PAGED, POOL_FLAG_RAISE_ON_FAILURE, POOL_FLAG_UNINITIALIZED, POOL_FLAGS,
+    PVOID,
 };
 
 use crate::faults::{AllocKind, allocation_fails};
@@ -48,29 +48,18 @@ pub(crate) struct Totals {
 
 fn layout(size: usize) -> Layout {
     // Like the real pool: 16-byte alignment, whole pages for page-sized requests.
-    let align = if size >= wsktls_nt::PAGE_SIZE {
-        wsktls_nt::PAGE_SIZE
-    } else {
-        16
-    };
+    let align = if size >= wsktls_nt::PAGE_SIZE { wsktls_nt::PAGE_SIZE } else { 16 };
     Layout::from_size_align(size.max(1), align).expect("pool layout")
 }
 
 pub(crate) fn tag_text(tag: u32) -> String {
-    tag.to_le_bytes()
-        .iter()
-        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
-        .collect()
+    tag.to_le_bytes().iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect()
 }
 
 impl Pool {
     pub(crate) fn totals(&self) -> Totals {
         let s = lock(&self.state);
-        Totals {
-            bytes: s.bytes,
-            blocks: s.live.len(),
-            peak_bytes: s.peak_bytes,
-        }
+        Totals { bytes: s.bytes, blocks: s.live.len(), peak_bytes: s.peak_bytes }
     }
 
     /// Whether `[start, start+len)` lies inside one live nonpaged block.
@@ -99,10 +88,7 @@ impl Pool {
             .collect();
         lines.sort();
         drop(s);
-        report(
-            Rule::PoolLeak,
-            format!("pool still allocated at unload: {}", lines.join("; ")),
-        );
+        report(Rule::PoolLeak, format!("pool still allocated at unload: {}", lines.join("; ")));
     }
 }
 
@@ -113,17 +99,11 @@ pub extern "system" fn ExAllocatePool2(flags: POOL_FLAGS, size: usize, tag: u32)
         return std::ptr::null_mut();
     }
     if flags & (POOL_FLAG_NON_PAGED | POOL_FLAG_PAGED) == 0 || tag == 0 {
-        report(
-            Rule::BadParameter,
-            format!("ExAllocatePool2 flags {flags:#x} tag {tag:#x}"),
-        );
+        report(Rule::BadParameter, format!("ExAllocatePool2 flags {flags:#x} tag {tag:#x}"));
         return std::ptr::null_mut();
     }
     if flags & POOL_FLAG_RAISE_ON_FAILURE != 0 {
-        report(
-            Rule::BadParameter,
-            "POOL_FLAG_RAISE_ON_FAILURE: wsktls handles failures as values",
-        );
+        report(Rule::BadParameter, "POOL_FLAG_RAISE_ON_FAILURE: wsktls handles failures as values");
     }
     if allocation_fails(AllocKind::Pool) {
         return std::ptr::null_mut();
@@ -133,22 +113,11 @@ pub extern "system" fn ExAllocatePool2(flags: POOL_FLAGS, size: usize, tag: u32)
     if p.is_null() {
         return p.cast();
     }
-    let fill = if flags & POOL_FLAG_UNINITIALIZED != 0 {
-        POISON_UNINIT
-    } else {
-        0
-    };
+    let fill = if flags & POOL_FLAG_UNINITIALIZED != 0 { POISON_UNINIT } else { 0 };
     // SAFETY: `p` is a fresh allocation of `size` bytes.
     unsafe { p.write_bytes(fill, size) };
     let mut s = lock(&k.pool.state);
-    s.live.insert(
-        p as usize,
-        Block {
-            size,
-            tag,
-            nonpaged: flags & POOL_FLAG_NON_PAGED != 0,
-        },
-    );
+    s.live.insert(p as usize, Block { size, tag, nonpaged: flags & POOL_FLAG_NON_PAGED != 0 });
     s.bytes += size;
     s.peak_bytes = s.peak_bytes.max(s.bytes);
     p.cast()
@@ -164,10 +133,7 @@ pub extern "system" fn ExFreePoolWithTag(p: PVOID, tag: u32) {
         s.live.get(&addr).copied()
     };
     let Some(block) = block else {
-        report(
-            Rule::BadPoolFree,
-            format!("ExFreePoolWithTag({p:?}): not a live pool block (double free?)"),
-        );
+        report(Rule::BadPoolFree, format!("ExFreePoolWithTag({p:?}): not a live pool block (double free?)"));
         return;
     };
     if block.tag != tag {
@@ -225,9 +191,6 @@ pub(crate) unsafe fn raw_free(p: *mut c_void, size: usize) {
     // SAFETY: per the caller, `p` came from raw_alloc(size).
     unsafe {
         (p as *mut u8).write_bytes(POISON_FREED, size);
-        dealloc(
-            p.cast(),
-            Layout::from_size_align(size.max(1), 16).expect("layout"),
-        );
+        dealloc(p.cast(), Layout::from_size_align(size.max(1), 16).expect("layout"));
     }
 }

@@ -44,11 +44,7 @@ impl Dispatcher {
                 },
                 None => Duration::from_millis(100),
             };
-            g = self
-                .changed
-                .wait_timeout(g, step)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = self.changed.wait_timeout(g, step).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 }
@@ -74,10 +70,7 @@ fn acquire(lock: *mut KSPIN_LOCK, function: &str) {
     }
     let w = word(lock);
     let mut spins = 0u32;
-    while w
-        .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
+    while w.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
         spins += 1;
         if spins % 64 == 0 {
             // Host threads can be descheduled while holding a lock; don't burn the core.
@@ -122,10 +115,7 @@ pub extern "system" fn KeAcquireSpinLockRaiseToDpc(lock: *mut KSPIN_LOCK) -> KIR
 #[unsafe(no_mangle)]
 pub extern "system" fn KeReleaseSpinLock(lock: *mut KSPIN_LOCK, new_irql: KIRQL) {
     if current_irql() != DISPATCH_LEVEL {
-        report(
-            Rule::IrqlMismatch,
-            format!("KeReleaseSpinLock at IRQL {}", current_irql()),
-        );
+        report(Rule::IrqlMismatch, format!("KeReleaseSpinLock at IRQL {}", current_irql()));
     }
     release(lock, "KeReleaseSpinLock");
     set_irql(new_irql);
@@ -134,10 +124,7 @@ pub extern "system" fn KeReleaseSpinLock(lock: *mut KSPIN_LOCK, new_irql: KIRQL)
 #[unsafe(no_mangle)]
 pub extern "system" fn KeAcquireSpinLockAtDpcLevel(lock: *mut KSPIN_LOCK) {
     if current_irql() != DISPATCH_LEVEL {
-        report(
-            Rule::IrqlMismatch,
-            format!("KeAcquireSpinLockAtDpcLevel at IRQL {}", current_irql()),
-        );
+        report(Rule::IrqlMismatch, format!("KeAcquireSpinLockAtDpcLevel at IRQL {}", current_irql()));
     }
     acquire(lock, "KeAcquireSpinLockAtDpcLevel");
 }
@@ -166,11 +153,7 @@ pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, s
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "system" fn KeSetEvent(
-    event: *mut KEVENT,
-    _increment: KPRIORITY,
-    _wait: BOOLEAN,
-) -> i32 {
+pub unsafe extern "system" fn KeSetEvent(event: *mut KEVENT, _increment: KPRIORITY, _wait: BOOLEAN) -> i32 {
     let k = current();
     require_dispatch("KeSetEvent");
     let _g = lock(&k.dispatcher.lock);
@@ -231,18 +214,12 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
     let state = signal_state(event);
     let satisfied = k.dispatcher.wait_until(deadline, || {
         if kind == SynchronizationEvent {
-            state
-                .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            state.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
         } else {
             state.load(Ordering::Acquire) != 0
         }
     });
-    if satisfied {
-        STATUS_SUCCESS
-    } else {
-        STATUS_TIMEOUT
-    }
+    if satisfied { STATUS_SUCCESS } else { STATUS_TIMEOUT }
 }
 
 /// EX_RUNDOWN_REF.Count: references in units of 2, bit 0 set once rundown has begun.
@@ -278,12 +255,7 @@ pub unsafe extern "system" fn ExAcquireRundownProtection(r: *mut EX_RUNDOWN_REF)
         if v & RUNDOWN_ACTIVE != 0 {
             return 0;
         }
-        match c.compare_exchange_weak(
-            v,
-            v + RUNDOWN_COUNT_INC,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match c.compare_exchange_weak(v, v + RUNDOWN_COUNT_INC, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return 1,
             Err(now) => v = now,
         }
@@ -308,6 +280,5 @@ pub unsafe extern "system" fn ExWaitForRundownProtectionRelease(r: *mut EX_RUNDO
     }
     let c = rundown(r);
     c.fetch_or(RUNDOWN_ACTIVE, Ordering::AcqRel);
-    k.dispatcher
-        .wait_until(None, || c.load(Ordering::Acquire) == RUNDOWN_ACTIVE);
+    k.dispatcher.wait_until(None, || c.load(Ordering::Acquire) == RUNDOWN_ACTIVE);
 }

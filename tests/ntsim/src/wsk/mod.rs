@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wsktls_nt::{
-    NTSTATUS, PVOID, STATUS_DEVICE_NOT_READY, STATUS_INVALID_PARAMETER, STATUS_NOINTERFACE,
-    STATUS_SUCCESS, WSK_CLIENT_NPI, WSK_NO_WAIT, WSK_PROVIDER_CONNECTION_DISPATCH,
-    WSK_PROVIDER_DISPATCH, WSK_PROVIDER_NPI, WSK_REGISTRATION, WSK_VERSION_1_0,
+    NTSTATUS, PVOID, STATUS_DEVICE_NOT_READY, STATUS_INVALID_PARAMETER, STATUS_NOINTERFACE, STATUS_SUCCESS,
+    WSK_CLIENT_NPI, WSK_NO_WAIT, WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_DISPATCH, WSK_PROVIDER_NPI,
+    WSK_REGISTRATION, WSK_VERSION_1_0,
 };
 
 use crate::irql::{require_dispatch, require_passive};
@@ -127,10 +127,7 @@ impl Provider {
     pub(crate) fn check_unload(&self) {
         let open = lock(&self.sockets).len();
         if open > 0 {
-            report(
-                Rule::SocketLeaked,
-                format!("{open} WSK socket(s) never closed"),
-            );
+            report(Rule::SocketLeaked, format!("{open} WSK socket(s) never closed"));
         }
         let regs = lock(&self.registrations);
         for r in regs.values() {
@@ -144,10 +141,7 @@ impl Provider {
         if !regs.is_empty() {
             let n = regs.len();
             drop(regs);
-            report(
-                Rule::WskRegistration,
-                format!("{n} WSK registration(s) never deregistered"),
-            );
+            report(Rule::WskRegistration, format!("{n} WSK registration(s) never deregistered"));
         }
     }
 
@@ -156,10 +150,7 @@ impl Provider {
     }
 
     fn socket_at(&self, wsk: *mut wsktls_nt::WSK_SOCKET) -> Option<Arc<Socket>> {
-        lock(&self.sockets)
-            .values()
-            .find(|s| s.wsk_ptr() == wsk)
-            .cloned()
+        lock(&self.sockets).values().find(|s| s.wsk_ptr() == wsk).cloned()
     }
 
     fn add_socket(&self, s: Arc<Socket>) {
@@ -182,10 +173,7 @@ impl Provider {
 
     fn registration_of(&self, client: PVOID) -> Option<u64> {
         let id = client as u64;
-        lock(&self.registrations)
-            .get(&id)
-            .filter(|r| !r.deregistering)
-            .map(|_| id)
+        lock(&self.registrations).get(&id).filter(|r| !r.deregistering).map(|_| id)
     }
 }
 
@@ -211,10 +199,7 @@ fn registration_id(reg: *mut WSK_REGISTRATION) -> Option<u64> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "system" fn WskRegister(
-    npi: *mut WSK_CLIENT_NPI,
-    reg: *mut WSK_REGISTRATION,
-) -> NTSTATUS {
+pub unsafe extern "system" fn WskRegister(npi: *mut WSK_CLIENT_NPI, reg: *mut WSK_REGISTRATION) -> NTSTATUS {
     let k = current();
     if !require_passive("WskRegister") {
         return STATUS_INVALID_PARAMETER;
@@ -222,24 +207,14 @@ pub unsafe extern "system" fn WskRegister(
     // SAFETY: the client passes its NPI and a writable registration block.
     unsafe {
         if npi.is_null() || reg.is_null() || (*npi).Dispatch.is_null() {
-            report(
-                Rule::BadParameter,
-                "WskRegister with a NULL NPI, dispatch or registration",
-            );
+            report(Rule::BadParameter, "WskRegister with a NULL NPI, dispatch or registration");
             return STATUS_INVALID_PARAMETER;
         }
         if wsktls_nt::MAKE_WSK_VERSION(1, 0) >> 8 != (*(*npi).Dispatch).Version >> 8 {
             return STATUS_NOINTERFACE;
         }
         let id = k.wsk.new_id();
-        lock(&k.wsk.registrations).insert(
-            id,
-            Registration {
-                captures: 0,
-                sockets: 0,
-                deregistering: false,
-            },
-        );
+        lock(&k.wsk.registrations).insert(id, Registration { captures: 0, sockets: 0, deregistering: false });
         (*reg).ReservedRegistrationState = REGISTERED;
         (*reg).ReservedRegistrationContext = id as PVOID;
         (*reg).ReservedRegistrationLock = 0;
@@ -269,10 +244,7 @@ pub unsafe extern "system" fn WskCaptureProviderNPI(
         );
     }
     let Some(id) = registration_id(reg) else {
-        report(
-            Rule::WskRegistration,
-            "WskCaptureProviderNPI on a block WskRegister did not initialise",
-        );
+        report(Rule::WskRegistration, "WskCaptureProviderNPI on a block WskRegister did not initialise");
         return STATUS_INVALID_PARAMETER;
     };
     let mut regs = lock(&k.wsk.registrations);
@@ -295,10 +267,7 @@ pub unsafe extern "system" fn WskReleaseProviderNPI(reg: *mut WSK_REGISTRATION) 
     let k = current();
     require_dispatch("WskReleaseProviderNPI");
     let Some(id) = registration_id(reg) else {
-        report(
-            Rule::WskRegistration,
-            "WskReleaseProviderNPI on an unregistered block",
-        );
+        report(Rule::WskRegistration, "WskReleaseProviderNPI on an unregistered block");
         return;
     };
     let mut regs = lock(&k.wsk.registrations);
@@ -306,10 +275,7 @@ pub unsafe extern "system" fn WskReleaseProviderNPI(reg: *mut WSK_REGISTRATION) 
         Some(r) if r.captures > 0 => r.captures -= 1,
         _ => {
             drop(regs);
-            report(
-                Rule::WskRegistration,
-                "WskReleaseProviderNPI without a capture to release",
-            );
+            report(Rule::WskRegistration, "WskReleaseProviderNPI without a capture to release");
         }
     }
 }
@@ -324,10 +290,7 @@ pub unsafe extern "system" fn WskDeregister(reg: *mut WSK_REGISTRATION) {
         return;
     }
     let Some(id) = registration_id(reg) else {
-        report(
-            Rule::WskRegistration,
-            "WskDeregister on an unregistered block",
-        );
+        report(Rule::WskRegistration, "WskDeregister on an unregistered block");
         return;
     };
     if let Some(r) = lock(&k.wsk.registrations).get_mut(&id) {

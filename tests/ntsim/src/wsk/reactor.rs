@@ -43,12 +43,7 @@ impl Reactor {
                 }
             }
             ids.clear();
-            ids.extend(
-                events
-                    .iter()
-                    .filter(|e| e.token() != WAKE)
-                    .map(|e| e.token().0 as u64),
-            );
+            ids.extend(events.iter().filter(|e| e.token() != WAKE).map(|e| e.token().0 as u64));
             ids.append(&mut lock(&k.wsk.dirty));
             due_timers(&k.wsk, &mut ids);
             ids.sort_unstable();

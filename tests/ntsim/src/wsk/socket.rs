@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use wsktls_nt::{
     IRP, NTSTATUS, STATUS_CANCELLED, STATUS_CONNECTION_ABORTED, STATUS_CONNECTION_DISCONNECTED,
-    STATUS_CONNECTION_REFUSED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED,
-    STATUS_HOST_UNREACHABLE, STATUS_IO_TIMEOUT, STATUS_NETWORK_UNREACHABLE, STATUS_SUCCESS,
-    STATUS_UNSUCCESSFUL, WSK_SOCKET,
+    STATUS_CONNECTION_REFUSED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED, STATUS_HOST_UNREACHABLE,
+    STATUS_IO_TIMEOUT, STATUS_NETWORK_UNREACHABLE, STATUS_SUCCESS, STATUS_UNSUCCESSFUL, WSK_SOCKET,
 };
 
 use super::CONNECTION_DISPATCH;
@@ -84,8 +83,7 @@ impl Socket {
     pub(super) fn new(id: u64, registration: u64, rng: Rng) -> Socket {
         Socket {
             wsk: WSK_SOCKET {
-                Dispatch: (&CONNECTION_DISPATCH.0
-                    as *const wsktls_nt::WSK_PROVIDER_CONNECTION_DISPATCH)
+                Dispatch: (&CONNECTION_DISPATCH.0 as *const wsktls_nt::WSK_PROVIDER_CONNECTION_DISPATCH)
                     .cast(),
             },
             id,
@@ -147,10 +145,7 @@ pub(super) fn status_of(e: &io::Error) -> NTSTATUS {
 
 /// Makes the next close of the TCP socket send a reset rather than a FIN.
 pub(super) fn set_abortive(stream: &mio::net::TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket fd and a correctly sized SO_LINGER value.
     unsafe {
         libc::setsockopt(
@@ -177,11 +172,7 @@ pub(super) fn send_buffer_size(stream: &mio::net::TcpStream) -> usize {
             &mut len,
         )
     };
-    if r == 0 && v > 0 {
-        v as usize
-    } else {
-        64 * 1024
-    }
+    if r == 0 && v > 0 { v as usize } else { 64 * 1024 }
 }
 
 /// The segments' bytes from `skip`, at most `limit` of them, as (address, length) runs.
@@ -267,9 +258,7 @@ impl State {
     fn delay(&mut self, k: &KernelInner) -> Option<Duration> {
         let (lo, hi) = k.faults().completion_delay?;
         let micros = self.rng.range(lo.as_micros() as u64, hi.as_micros() as u64);
-        k.counters
-            .completions_delayed
-            .fetch_add(1, Ordering::Relaxed);
+        k.counters.completions_delayed.fetch_add(1, Ordering::Relaxed);
         Some(Duration::from_micros(micros))
     }
 }
@@ -336,22 +325,12 @@ fn check_connect(st: &mut State, s: &Socket, done: &mut Vec<Completion>) -> Opti
     }
 }
 
-fn pump_sends(
-    k: &KernelInner,
-    st: &mut State,
-    now: Instant,
-    wake: &impl Wake,
-    done: &mut Vec<Completion>,
-) {
+fn pump_sends(k: &KernelInner, st: &mut State, now: Instant, wake: &impl Wake, done: &mut Vec<Completion>) {
     let split = k.faults().split_sends;
     while let Some(op) = st.sends.front() {
         if op.done < op.total {
             let remaining = op.total - op.done;
-            let limit = if split {
-                st.rng.range(1, remaining as u64) as usize
-            } else {
-                remaining
-            };
+            let limit = if split { st.rng.range(1, remaining as u64) as usize } else { remaining };
             let Some(stream) = st.stream.as_ref() else {
                 return;
             };
@@ -434,11 +413,8 @@ fn pump_receives(
             continue;
         }
         let remaining = op.total - op.done;
-        let limit = if split && remaining > 1 {
-            st.rng.range(1, remaining as u64) as usize
-        } else {
-            remaining
-        };
+        let limit =
+            if split && remaining > 1 { st.rng.range(1, remaining as u64) as usize } else { remaining };
         let Some(stream) = st.stream.as_ref() else {
             return;
         };
