@@ -66,13 +66,14 @@ impl Irp {
 
     /// Issues one WSK call with this IRP and waits, at PASSIVE_LEVEL, for its completion
     /// routine. If `timeout_ms` passes first the IRP is cancelled and the wait continues
-    /// until the provider completes it: the IRP is never left in flight. The inline status
-    /// of `issue` is ignored; the completion routine reports the outcome.
+    /// until the provider completes it: the IRP is never left in flight. `issue` makes the
+    /// call (its inline status is the completion routine's business) or returns `Err` when
+    /// it did not, in which case there is nothing to wait for.
     pub(crate) fn call_and_wait(
         &self,
         timeout_ms: Option<u32>,
-        issue: impl FnOnce(*mut IRP) -> NTSTATUS,
-    ) -> Outcome {
+        issue: impl FnOnce(*mut IRP) -> Result<(), NTSTATUS>,
+    ) -> Result<Outcome, NTSTATUS> {
         // SAFETY: a zeroed KEVENT is valid storage; it is initialised before use and, as a
         // kernel-mode wait on our own stack, stays resident until the wait ends.
         let mut event: KEVENT = unsafe { core::mem::zeroed() };
@@ -83,7 +84,7 @@ impl Irp {
             KeInitializeEvent(event_ptr, NotificationEvent, FALSE);
             self.prepare(Some(signal_event), event_ptr.cast());
         }
-        let _ = issue(self.as_ptr());
+        issue(self.as_ptr())?;
         let timed_out = match timeout_ms {
             Some(ms) => {
                 let timeout = relative_timeout_ms(ms);
@@ -104,7 +105,7 @@ impl Irp {
             KeWaitForSingleObject(event_ptr.cast(), Executive, KernelMode, FALSE, core::ptr::null());
         }
         let (status, information) = self.outcome();
-        Outcome { status, information, timed_out }
+        Ok(Outcome { status, information, timed_out })
     }
 }
 

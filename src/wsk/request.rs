@@ -3,6 +3,7 @@
 //! completion routine is the only cleanup path: whatever WskSend or WskReceive returns
 //! inline, the outcome arrives there, exactly once per issued request.
 
+use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::mem::ManuallyDrop;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -28,8 +29,9 @@ pub trait Completion: Send + Sync {
 
 struct Slot<H> {
     irp: Irp,
-    /// The WSK_BUF handed to WSK, kept alive with the request.
-    buf: WSK_BUF,
+    /// The WSK_BUF handed to WSK, kept alive with the request; written by `issue` through
+    /// a shared reference, hence the cell.
+    buf: UnsafeCell<WSK_BUF>,
     in_flight: AtomicBool,
     /// Completion routines running on this slot (more than one when a handler reissues and
     /// the request completes inline). The slot must outlive them: the handler that just
@@ -50,7 +52,7 @@ impl<H: Completion> Request<H> {
     /// starts, so that sending allocates nothing.
     pub fn new(handler: H) -> Result<Self, NTSTATUS> {
         let irp = Irp::allocate()?;
-        let buf = WSK_BUF { Mdl: core::ptr::null_mut(), Offset: 0, Length: 0 };
+        let buf = UnsafeCell::new(WSK_BUF { Mdl: core::ptr::null_mut(), Offset: 0, Length: 0 });
         let slot = PoolBox::new(
             TAG_REQUEST,
             Slot { irp, buf, in_flight: AtomicBool::new(false), in_routine: AtomicU32::new(0), handler },
@@ -83,14 +85,14 @@ impl<H: Completion> Request<H> {
         if slot.in_flight.swap(true, Ordering::AcqRel) {
             return Err(STATUS_INVALID_DEVICE_STATE);
         }
-        let slot_ptr = slot as *const Slot<H> as *mut Slot<H>;
+        let context = slot as *const Slot<H> as *mut c_void;
         // SAFETY: the request is idle (in_flight was false), so we own its IRP and buffer;
         // the slot is pool-resident and outlives the request (drop never frees an in-flight
         // slot).
         let r = unsafe {
-            (*slot_ptr).buf = buf;
-            slot.irp.prepare(Some(completed::<H>), slot_ptr.cast());
-            socket.core().transfer(send, &mut (*slot_ptr).buf, flags, slot.irp.as_ptr())
+            *slot.buf.get() = buf;
+            slot.irp.prepare(Some(completed::<H>), context);
+            socket.core().transfer(send, slot.buf.get(), flags, slot.irp.as_ptr())
         };
         if r.is_err() {
             slot.in_flight.store(false, Ordering::Release);
@@ -119,18 +121,20 @@ impl<H: Completion> Request<H> {
 
 impl<H: Completion> Drop for Request<H> {
     fn drop(&mut self) {
-        // A completion routine may still be finishing on another processor after its
-        // handler told us the outcome: let it leave the slot first. It runs at
-        // DISPATCH_LEVEL and never waits, so this wait is short.
+        // A slot still in flight is kept (the leak report at unload names the mistake):
+        // freeing it would let WSK complete into freed memory.
+        if self.slot.in_flight.load(Ordering::Acquire) {
+            return;
+        }
+        // Seeing in_flight cleared (Acquire) means seeing the routine's earlier
+        // increment of in_routine: a routine that already told us the outcome but still
+        // runs on another processor is waited out here. It runs at DISPATCH_LEVEL and
+        // never waits, so this wait is short.
         while self.slot.in_routine.load(Ordering::Acquire) != 0 {
             core::hint::spin_loop();
         }
-        // A slot still in flight is kept (the leak report at unload names the mistake):
-        // freeing it would let WSK complete into freed memory.
-        if !self.slot.in_flight.load(Ordering::Acquire) {
-            // SAFETY: dropped exactly once, here, and never used again.
-            unsafe { ManuallyDrop::drop(&mut self.slot) };
-        }
+        // SAFETY: idle, no routine on it: dropped exactly once, here, never used again.
+        unsafe { ManuallyDrop::drop(&mut self.slot) };
     }
 }
 

@@ -5,6 +5,7 @@
 //! progress, but allows it with IRPs pending, which it cancels. `close` waits for the
 //! rundown, then closes with an IRP allocated at connect time, so closing cannot fail.
 
+use core::cell::UnsafeCell;
 use core::net::SocketAddr;
 
 use super::TAG_SOCKET;
@@ -20,8 +21,9 @@ use crate::nt::{
 pub(crate) struct SocketCore {
     wsk: *mut WSK_SOCKET,
     dispatch: *const WSK_PROVIDER_CONNECTION_DISPATCH,
-    /// Calls in progress on the socket.
-    rundown: EX_RUNDOWN_REF,
+    /// Calls in progress on the socket. Written by the Ex*Rundown* functions through
+    /// shared references, hence the cell.
+    rundown: UnsafeCell<EX_RUNDOWN_REF>,
     /// The connect IRP, kept for WskCloseSocket.
     close_irp: Irp,
 }
@@ -92,7 +94,7 @@ impl Socket {
         let empty = SocketCore {
             wsk: core::ptr::null_mut(),
             dispatch: core::ptr::null(),
-            rundown: EX_RUNDOWN_REF { Count: 0 },
+            rundown: UnsafeCell::new(EX_RUNDOWN_REF { Count: 0 }),
             close_irp,
         };
         let mut core = PoolBox::new(TAG_SOCKET, empty)?;
@@ -117,9 +119,10 @@ impl Socket {
                     core::ptr::null_mut(),
                     core::ptr::null_mut(),
                     irp,
-                )
+                );
             }
-        });
+            Ok(())
+        })?;
         match outcome {
             Outcome { status, .. } if status.is_success() => {}
             Outcome { status: STATUS_CANCELLED, timed_out: true, .. } => return Err(STATUS_IO_TIMEOUT),
@@ -129,7 +132,7 @@ impl Socket {
         // SAFETY: WSK returned a connection socket, whose dispatch is the connection table.
         core.dispatch = unsafe { (*core.wsk).Dispatch }.cast();
         // SAFETY: the rundown reference sits at its final (pool) address.
-        unsafe { ExInitializeRundownProtection(&mut core.rundown) };
+        unsafe { ExInitializeRundownProtection(core.rundown.get()) };
         Ok(Socket { core })
     }
 
@@ -142,40 +145,46 @@ impl Socket {
     pub fn ideal_send_backlog(&self) -> Result<usize, NTSTATUS> {
         let irp = Irp::allocate()?;
         let mut backlog: SIZE_T = 0;
-        let core = self.core();
-        let outcome = core.call(|dispatch, wsk| {
-            // SAFETY: `backlog` outlives the request: call_and_wait returns after completion.
-            let control = unsafe { (*dispatch).Basic.WskControlSocket }.ok_or(STATUS_UNSUCCESSFUL)?;
-            Ok(irp.call_and_wait(None, |irp| unsafe {
-                // SAFETY: an open socket under rundown protection, an output the size of SIZE_T.
-                control(
-                    wsk,
-                    WskIoctl,
-                    SIO_WSK_QUERY_IDEAL_SEND_BACKLOG,
-                    0,
-                    0,
-                    core::ptr::null_mut(),
-                    size_of::<SIZE_T>(),
-                    (&mut backlog as *mut SIZE_T).cast(),
-                    core::ptr::null_mut(),
-                    irp,
-                )
-            }))
+        let output = (&mut backlog as *mut SIZE_T).cast();
+        let outcome = irp.call_and_wait(None, |irp| {
+            self.core().call(|dispatch, wsk| {
+                // SAFETY: reading the provider's table.
+                let control = unsafe { (*dispatch).Basic.WskControlSocket }.ok_or(STATUS_UNSUCCESSFUL)?;
+                // SAFETY: an open socket under rundown protection; `backlog` outlives the
+                // request because call_and_wait returns only after its completion.
+                unsafe {
+                    control(
+                        wsk,
+                        WskIoctl,
+                        SIO_WSK_QUERY_IDEAL_SEND_BACKLOG,
+                        0,
+                        0,
+                        core::ptr::null_mut(),
+                        size_of::<SIZE_T>(),
+                        output,
+                        core::ptr::null_mut(),
+                        irp,
+                    );
+                }
+                Ok(())
+            })
         })?;
         if outcome.status.is_success() { Ok(backlog) } else { Err(outcome.status) }
     }
 
     /// Graceful disconnect: the peer gets a FIN after every pending send. PASSIVE_LEVEL;
-    /// gives up (cancelling it) after `timeout_ms`.
+    /// gives up (cancelling it) after `timeout_ms`. Rundown covers the call, not the wait,
+    /// so a close from another thread is never held up by a slow disconnect.
     pub fn disconnect(&self, timeout_ms: u32) -> Result<(), NTSTATUS> {
         let irp = Irp::allocate()?;
-        let outcome = self.core().call(|dispatch, wsk| {
-            // SAFETY: reading the provider's table.
-            let disconnect = unsafe { (*dispatch).WskDisconnect }.ok_or(STATUS_UNSUCCESSFUL)?;
-            // SAFETY: an open socket under rundown protection; no data with the disconnect.
-            Ok(irp.call_and_wait(Some(timeout_ms), |irp| unsafe {
-                disconnect(wsk, core::ptr::null_mut(), 0, irp)
-            }))
+        let outcome = irp.call_and_wait(Some(timeout_ms), |irp| {
+            self.core().call(|dispatch, wsk| {
+                // SAFETY: reading the provider's table.
+                let disconnect = unsafe { (*dispatch).WskDisconnect }.ok_or(STATUS_UNSUCCESSFUL)?;
+                // SAFETY: an open socket under rundown protection; no data with the disconnect.
+                unsafe { disconnect(wsk, core::ptr::null_mut(), 0, irp) };
+                Ok(())
+            })
         })?;
         match outcome {
             Outcome { status, .. } if status.is_success() => Ok(()),
@@ -198,7 +207,7 @@ impl SocketCore {
         &self,
         f: impl FnOnce(*const WSK_PROVIDER_CONNECTION_DISPATCH, *mut WSK_SOCKET) -> Result<R, NTSTATUS>,
     ) -> Result<R, NTSTATUS> {
-        let rundown = &self.rundown as *const EX_RUNDOWN_REF as *mut EX_RUNDOWN_REF;
+        let rundown = self.rundown.get();
         // SAFETY: the rundown reference lives as long as the socket core.
         if unsafe { ExAcquireRundownProtection(rundown) } == 0 {
             return Err(STATUS_FILE_FORCED_CLOSED);
@@ -238,7 +247,7 @@ impl Drop for SocketCore {
         if self.wsk.is_null() {
             return; // never connected: nothing to close
         }
-        let rundown = &mut self.rundown as *mut EX_RUNDOWN_REF;
+        let rundown = self.rundown.get();
         // SAFETY: PASSIVE_LEVEL per Socket's contract; afterwards no call is in progress
         // and none can start, so WskCloseSocket is allowed.
         unsafe { ExWaitForRundownProtectionRelease(rundown) };
@@ -248,6 +257,10 @@ impl Drop for SocketCore {
             return;
         };
         // SAFETY: the socket is open and idle; the close IRP is ours.
-        let _ = self.close_irp.call_and_wait(None, |irp| unsafe { close(wsk, irp) });
+        let _ = self.close_irp.call_and_wait(None, |irp| {
+            // SAFETY: the socket is open and no call is in progress; the IRP is ours.
+            unsafe { close(wsk, irp) };
+            Ok(())
+        });
     }
 }
