@@ -25,6 +25,9 @@ pub struct Faults {
     pub split_receives: bool,
     /// After this many bytes have been sent on a socket, the provider force-closes it.
     pub forced_close_after_bytes: Option<u64>,
+    /// Completions that happen inline (on the caller's thread) run at DISPATCH_LEVEL too,
+    /// so a completion routine that assumes PASSIVE_LEVEL is caught on every path.
+    pub dispatch_level_completions: bool,
     /// Connects never answer; they end only when cancelled.
     pub connect_never_answers: bool,
     /// Allocations of these kinds fail with this probability.
@@ -40,6 +43,7 @@ impl Faults {
             completion_delay: Some((Duration::from_micros(50), Duration::from_millis(2))),
             split_sends: true,
             split_receives: true,
+            dispatch_level_completions: true,
             ..Faults::default()
         }
     }

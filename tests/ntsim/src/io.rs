@@ -199,6 +199,12 @@ pub unsafe extern "system" fn IoReuseIrp(irp: *mut IRP, status: NTSTATUS) {
     // SAFETY: a live IRP that the caller owns; reinitialised as IoReuseIrp does, keeping
     // its allocation flags.
     unsafe {
+        if (*irp).CancelRoutine.is_some() {
+            report(
+                Rule::CancelRoutineStillSet,
+                format!("IoReuseIrp({irp:?}) with its cancel routine still set"),
+            );
+        }
         let flags = (*irp).AllocationFlags;
         let stack = (*irp).StackCount;
         initialize(irp, size, stack);
@@ -226,7 +232,15 @@ pub unsafe extern "system" fn IofCompleteRequest(irp: *mut IRP, _boost: CCHAR) {
         rec.state = IrpState::Completed;
     }
     // SAFETY: a live IRP being completed by its current owner.
-    unsafe { walk_completion(irp) };
+    unsafe {
+        if (*irp).CancelRoutine.is_some() {
+            report(
+                Rule::CancelRoutineStillSet,
+                format!("IoCompleteRequest({irp:?}) with its cancel routine still set"),
+            );
+        }
+        walk_completion(irp)
+    };
 }
 
 /// IopfCompleteRequest's walk: from the current stack location up, call each completion
@@ -351,6 +365,10 @@ pub(crate) fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) {
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn IoCancelIrp(irp: *mut IRP) -> BOOLEAN {
     require_dispatch("IoCancelIrp");
+    if !lock(&current().irps.live).contains_key(&(irp as usize)) {
+        report(Rule::BadParameter, format!("IoCancelIrp({irp:?}): not a live IRP"));
+        return 0;
+    }
     let mut irql: KIRQL = 0;
     // SAFETY: `irp` is owned by the caller (the driver that allocated it).
     unsafe {

@@ -28,6 +28,21 @@ pub(crate) struct Segment {
 struct InFlight {
     mdls: Vec<usize>,
     segments: Vec<Segment>,
+    /// Each MDL's header (Next, StartVa, ByteCount, ByteOffset, flags) when submitted:
+    /// Windows walks the chain while the request is in flight, so it must not change.
+    headers: Vec<[usize; 5]>,
+}
+
+fn header(mdl: usize) -> [usize; 5] {
+    // SAFETY: an MDL in flight is live or quarantined (never freed while in flight).
+    let m = unsafe { &*(mdl as *const MDL) };
+    [
+        m.Next as usize,
+        m.StartVa as usize,
+        m.ByteCount as usize,
+        m.ByteOffset as usize,
+        m.MdlFlags as u16 as usize,
+    ]
 }
 
 #[derive(Default)]
@@ -57,11 +72,26 @@ impl Mdls {
     }
 
     pub(crate) fn mark_in_flight(&self, irp: *mut IRP, mdls: Vec<usize>, segments: Vec<Segment>) {
-        lock(&self.in_flight).insert(irp as usize, InFlight { mdls, segments });
+        let headers = mdls.iter().map(|&m| header(m)).collect();
+        lock(&self.in_flight).insert(irp as usize, InFlight { mdls, segments, headers });
     }
 
+    /// The request is over: its MDLs are free to change, and must not have changed before.
     pub(crate) fn clear_in_flight(&self, irp: *mut IRP) {
-        lock(&self.in_flight).remove(&(irp as usize));
+        let Some(f) = lock(&self.in_flight).remove(&(irp as usize)) else { return };
+        // The last MDL's Next is not part of the request (Length ended inside it).
+        let n = f.mdls.len();
+        for (i, (&mdl, before)) in f.mdls.iter().zip(&f.headers).enumerate() {
+            let mut now = header(mdl);
+            let mut was = *before;
+            if i + 1 == n {
+                now[0] = 0;
+                was[0] = 0;
+            }
+            if now != was {
+                report(Rule::BadMdl, format!("MDL {mdl:#x} was changed while IRP {irp:?} carried it"));
+            }
+        }
     }
 
     /// The IRP (if any) whose chain describes bytes in `[addr, addr+len)`.

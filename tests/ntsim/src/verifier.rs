@@ -18,6 +18,8 @@ pub enum Rule {
     IrpLeaked,
     /// An IRP was freed, reused or submitted again while in flight.
     IrpInFlightMisuse,
+    /// An IRP completed or reused with a cancel routine still set.
+    CancelRoutineStillSet,
     /// A completed IRP was handed to WSK again without `IoReuseIrp`.
     IrpSubmittedWithoutReuse,
     /// The I/O manager ran out of stack locations: a driver-allocated IRP's completion

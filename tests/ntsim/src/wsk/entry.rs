@@ -8,18 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use wsktls_nt::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IRP, IoMarkIrpPending, IoSetCancelRoutine, NTSTATUS, PVOID,
-    SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
-    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_HOST_UNREACHABLE, STATUS_INVALID_DEVICE_STATE,
-    STATUS_INVALID_PARAMETER, STATUS_NOT_IMPLEMENTED, STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS,
-    WSK_BUF, WSK_CLIENT_CONNECTION_DISPATCH, WSK_CONTROL_SOCKET_TYPE, WSK_FLAG_ABORTIVE, WSK_FLAG_NODELAY,
-    WSK_FLAG_WAITALL, WSK_SOCKET, WskIoctl,
+    AF_INET, AF_INET6, DISPATCH_LEVEL, IPPROTO_TCP, IRP, IoMarkIrpPending, IoSetCancelRoutine, NTSTATUS,
+    PVOID, SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
+    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_CONNECTION_ABORTED, STATUS_HOST_UNREACHABLE,
+    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NOT_IMPLEMENTED, STATUS_NOT_SUPPORTED,
+    STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_CLIENT_CONNECTION_DISPATCH, WSK_CONTROL_SOCKET_TYPE,
+    WSK_FLAG_ABORTIVE, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL, WSK_SOCKET, WskIoctl,
 };
 
 use super::reactor::deliver;
 use super::socket::{Op, Phase, Socket, State, read_some, send_buffer_size, status_of, write_some};
 use crate::io::complete;
-use crate::irql::require_dispatch;
+use crate::irql::{require_dispatch, with_irql};
 use crate::kernel::{current, lock};
 use crate::mdl::describe;
 use crate::verifier::{Rule, report};
@@ -27,23 +27,19 @@ use crate::verifier::{Rule, report};
 /// Completes a request the provider took, on the caller's thread, and returns its status
 /// (what a WSK function returns when it finishes inline).
 fn finish_inline(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
-    complete(irp, status, information);
+    if current().faults().dispatch_level_completions {
+        with_irql(DISPATCH_LEVEL, "an inline WSK completion routine", || complete(irp, status, information));
+    } else {
+        complete(irp, status, information);
+    }
     status
 }
 
 /// Looks the socket up; a pointer that is not a live socket is a verifier report.
 fn live_socket(sock: *mut WSK_SOCKET, what: &str) -> Option<Arc<Socket>> {
-    let k = current();
-    let s = k.wsk.socket_at(sock);
-    match &s {
-        None => {
-            report(Rule::SocketUsedAfterClose, format!("{what} on {sock:?}, which is not an open socket"))
-        }
-        Some(s) if lock(&s.state).close.is_some() => {
-            report(Rule::SocketUsedAfterClose, format!("{what} on {sock:?} after WskCloseSocket"));
-            return None;
-        }
-        Some(_) => {}
+    let s = current().wsk.socket_at(sock);
+    if s.is_none() {
+        report(Rule::SocketUsedAfterClose, format!("{what} on {sock:?}, which is not an open socket"));
     }
     s
 }
@@ -139,41 +135,19 @@ pub(super) unsafe extern "system" fn WskSocketConnect(
             }
         }
     }
-    drop(st);
-    // SAFETY: the provider owns the IRP now; the cancel routine is how a timeout ends it.
-    unsafe {
-        IoMarkIrpPending(irp);
-        IoSetCancelRoutine(irp, Some(cancel_connect));
-        if (*irp).Cancel != 0 && IoSetCancelRoutine(irp, None).is_some() {
-            lock(&socket.state).connect = None;
-            return finish_inline(irp, STATUS_CANCELLED, 0);
-        }
-    }
     let id = socket.id;
-    k.wsk.add_socket(socket);
+    k.wsk.add_socket(Arc::clone(&socket));
+    // SAFETY: the provider owns the IRP; the cancel routine is how a timeout ends it.
+    if !unsafe { make_pending(irp) } {
+        st.connect = None;
+        st.phase = Phase::Dead(STATUS_CANCELLED);
+        drop(st);
+        k.wsk.remove_socket(&socket);
+        return finish_inline(irp, STATUS_CANCELLED, 0);
+    }
+    drop(st);
     k.wsk.poke(id);
     STATUS_PENDING
-}
-
-/// Cancels a pending connect: the socket is destroyed and the IRP completes with
-/// STATUS_CANCELLED. Called by IoCancelIrp with the cancel spin lock held.
-unsafe extern "system" fn cancel_connect(_device: *mut wsktls_nt::DEVICE_OBJECT, irp: *mut IRP) {
-    // SAFETY: IoCancelIrp calls this with the cancel lock held and CancelIrql set.
-    unsafe { wsktls_nt::IoReleaseCancelSpinLock((*irp).CancelIrql) };
-    let k = current();
-    let sockets: Vec<Arc<Socket>> = lock(&k.wsk.sockets).values().cloned().collect();
-    for s in sockets {
-        let mut st = lock(&s.state);
-        if st.connect == Some(irp as usize) {
-            st.connect = None;
-            st.phase = Phase::Dead(STATUS_CANCELLED);
-            st.stream = None;
-            drop(st);
-            k.wsk.remove_socket(&s);
-            deliver(vec![(irp as usize, STATUS_CANCELLED, 0)]);
-            return;
-        }
-    }
 }
 
 /// What WskSend and WskReceive share: the IRQL, the socket, taking the IRP, the flags,
@@ -195,7 +169,7 @@ unsafe fn transfer(
     let Some(s) = live_socket(sock, what) else {
         return STATUS_INVALID_DEVICE_STATE;
     };
-    let _call = s.enter_call();
+    let Some(_call) = s.enter_call(what) else { return STATUS_INVALID_DEVICE_STATE };
     if !k.irps.submit(irp, what) {
         return STATUS_INVALID_PARAMETER;
     }
@@ -265,8 +239,10 @@ fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -
             return finish_inline(irp, status, 0);
         }
     }
-    // SAFETY: the provider owns the IRP; marking before it can complete.
-    unsafe { IoMarkIrpPending(irp) };
+    // SAFETY: the provider owns the IRP, and still holds the state lock.
+    if !unsafe { make_pending(irp) } {
+        return finish_inline_unlocked(st, irp, STATUS_CANCELLED);
+    }
     st.sends.push_back(op);
     drop(st);
     k.counters.sends_pended.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +259,63 @@ fn finish_inline_unlocked(st: std::sync::MutexGuard<'_, State>, irp: *mut IRP, s
 /// calling thread, like any inline completion.
 fn deliver_inline(done: Vec<super::socket::Completion>) {
     for c in done {
-        complete(c.0 as *mut IRP, c.1, c.2);
+        finish_inline(c.0 as *mut IRP, c.1, c.2);
+    }
+}
+
+/// Queues-side half of pending a request: marks it pending and makes it cancellable,
+/// while the caller still holds the socket's state lock (so the cancel routine, which
+/// takes that lock, finds the request queued). Returns false when the IRP was cancelled
+/// before it became cancellable: the caller completes it with STATUS_CANCELLED instead.
+unsafe fn make_pending(irp: *mut IRP) -> bool {
+    // SAFETY: the provider owns the IRP between taking it and completing it.
+    unsafe {
+        IoMarkIrpPending(irp);
+        IoSetCancelRoutine(irp, Some(cancel_pending));
+        !((*irp).Cancel != 0 && IoSetCancelRoutine(irp, None).is_some())
+    }
+}
+
+/// The provider's cancel routine for every pending request. A cancelled connect destroys
+/// its socket; a cancelled send that was partly written leaves the stream unusable, so
+/// the connection is aborted. Called by IoCancelIrp with the cancel spin lock held.
+unsafe extern "system" fn cancel_pending(_device: *mut wsktls_nt::DEVICE_OBJECT, irp: *mut IRP) {
+    // SAFETY: IoCancelIrp calls this with the cancel lock held and CancelIrql set.
+    unsafe { wsktls_nt::IoReleaseCancelSpinLock((*irp).CancelIrql) };
+    let k = current();
+    let key = irp as usize;
+    let sockets: Vec<Arc<Socket>> = lock(&k.wsk.sockets).values().cloned().collect();
+    for s in sockets {
+        let mut done = Vec::new();
+        let mut st = lock(&s.state);
+        if st.connect == Some(key) {
+            st.connect = None;
+            st.phase = Phase::Dead(STATUS_CANCELLED);
+            st.stream = None;
+            drop(st);
+            k.wsk.remove_socket(&s);
+            deliver(vec![(key, STATUS_CANCELLED, 0)]);
+            return;
+        }
+        if let Some(i) = st.sends.iter().position(|op| op.irp == key) {
+            let partly_sent = st.sends[i].done > 0;
+            st.sends.remove(i);
+            done.push((key, STATUS_CANCELLED, 0));
+            if partly_sent {
+                st.kill(STATUS_CONNECTION_ABORTED, true, &mut done);
+            }
+        } else if let Some(i) = st.receives.iter().position(|op| op.irp == key) {
+            st.receives.remove(i);
+            done.push((key, STATUS_CANCELLED, 0));
+        } else if st.disconnect == Some(key) {
+            st.disconnect = None;
+            done.push((key, STATUS_CANCELLED, 0));
+        }
+        drop(st);
+        if !done.is_empty() {
+            deliver(done);
+            return;
+        }
     }
 }
 
@@ -328,8 +360,10 @@ fn receive_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op
             return finish_inline(irp, STATUS_SUCCESS, op.done);
         }
     }
-    // SAFETY: the provider owns the IRP; marking before it can complete.
-    unsafe { IoMarkIrpPending(irp) };
+    // SAFETY: the provider owns the IRP, and still holds the state lock.
+    if !unsafe { make_pending(irp) } {
+        return finish_inline_unlocked(st, irp, STATUS_CANCELLED);
+    }
     st.receives.push_back(op);
     drop(st);
     k.wsk.poke(s.id);
@@ -349,7 +383,7 @@ pub(super) unsafe extern "system" fn WskDisconnect(
     let Some(s) = live_socket(sock, "WskDisconnect") else {
         return STATUS_INVALID_DEVICE_STATE;
     };
-    let _call = s.enter_call();
+    let Some(_call) = s.enter_call("WskDisconnect") else { return STATUS_INVALID_DEVICE_STATE };
     if !k.irps.submit(irp, "WskDisconnect") {
         return STATUS_INVALID_PARAMETER;
     }
@@ -375,8 +409,10 @@ pub(super) unsafe extern "system" fn WskDisconnect(
         deliver_inline(done);
         return finish_inline(irp, STATUS_SUCCESS, 0);
     }
-    // SAFETY: the provider owns the IRP; marking before it can complete.
-    unsafe { IoMarkIrpPending(irp) };
+    // SAFETY: the provider owns the IRP, and still holds the state lock.
+    if !unsafe { make_pending(irp) } {
+        return finish_inline_unlocked(st, irp, STATUS_CANCELLED);
+    }
     st.disconnect = Some(irp as usize);
     drop(st);
     k.wsk.poke(s.id);
@@ -402,7 +438,7 @@ pub(super) unsafe extern "system" fn WskControlSocket(
     let Some(s) = live_socket(sock, "WskControlSocket") else {
         return STATUS_INVALID_DEVICE_STATE;
     };
-    let _call = s.enter_call();
+    let Some(_call) = s.enter_call("WskControlSocket") else { return STATUS_INVALID_DEVICE_STATE };
     if irp.is_null() {
         report(Rule::BadParameter, "WskControlSocket(WskIoctl) requires an IRP");
         return STATUS_INVALID_PARAMETER;
@@ -436,7 +472,12 @@ pub(super) unsafe extern "system" fn WskCloseSocket(sock: *mut WSK_SOCKET, irp: 
     let Some(s) = live_socket(sock, "WskCloseSocket") else {
         return STATUS_INVALID_DEVICE_STATE;
     };
-    let in_progress = s.calls.load(Ordering::Acquire);
+    if s.closing.swap(true, Ordering::SeqCst) {
+        report(Rule::SocketUsedAfterClose, format!("WskCloseSocket on {sock:?} a second time"));
+        return STATUS_INVALID_DEVICE_STATE;
+    }
+    // Dekker with enter_call: either this sees the call's count, or the call sees closing.
+    let in_progress = s.calls.load(Ordering::SeqCst);
     if in_progress > 0 {
         report(
             Rule::CloseWithCallInProgress,

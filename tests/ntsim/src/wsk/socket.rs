@@ -69,6 +69,8 @@ pub(crate) struct Socket {
     pub(super) registration: u64,
     /// Provider calls on this socket in progress (WskCloseSocket must see none but itself).
     pub(super) calls: AtomicU32,
+    /// Set by WskCloseSocket; no call may start after it.
+    pub(super) closing: AtomicBool,
     forced_close: AtomicBool,
     pub(super) state: Mutex<State>,
 }
@@ -89,6 +91,7 @@ impl Socket {
             id,
             registration,
             calls: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
             forced_close: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase: Phase::Connecting,
@@ -114,10 +117,19 @@ impl Socket {
         self.forced_close.store(true, Ordering::Release);
     }
 
-    /// Counts a provider call in progress until the guard drops.
-    pub(super) fn enter_call(&self) -> CallGuard<'_> {
-        self.calls.fetch_add(1, Ordering::AcqRel);
-        CallGuard(self)
+    /// Counts a provider call in progress until the guard drops; a call that starts once
+    /// WskCloseSocket has is a verifier report.
+    pub(super) fn enter_call(&self, what: &str) -> Option<CallGuard<'_>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let guard = CallGuard(self);
+        if self.closing.load(Ordering::SeqCst) {
+            crate::verifier::report(
+                crate::verifier::Rule::SocketUsedAfterClose,
+                format!("{what} on {:?} after WskCloseSocket", self.wsk_ptr()),
+            );
+            return None;
+        }
+        Some(guard)
     }
 }
 
@@ -275,7 +287,12 @@ pub(super) fn drive(k: &KernelInner, s: &Socket, wake: &impl Wake) -> (Vec<Compl
     let mut st = lock(&s.state);
     let now = Instant::now();
     if s.forced_close.swap(false, Ordering::AcqRel) {
+        let connecting = st.phase == Phase::Connecting;
         st.kill(STATUS_FILE_FORCED_CLOSED, true, &mut done);
+        if connecting {
+            // The client never saw this socket: it goes with its failed connect.
+            return (done, true);
+        }
     }
     match st.phase {
         Phase::Connecting => {
