@@ -107,6 +107,24 @@ fn write_into_an_in_flight_send_buffer_is_reported() {
 }
 
 #[test]
+fn mdl_chain_relinked_while_in_flight_is_reported() {
+    let kernel = slow_sends();
+    connected(&kernel, |socket| {
+        let a = PoolBuffer::new(1000, TAG).expect("buffer");
+        let b = PoolBuffer::new(1000, TAG).expect("buffer");
+        // SAFETY: the chain is ours and idle.
+        let head = unsafe { PoolBuffer::chain(&[&a, &b]) };
+        let (_request, rx) = send(socket, head, 0, 2000);
+        // SAFETY: relinking MDLs that the send carries is the bug.
+        unsafe { PoolBuffer::chain(&[&b, &a]) };
+        outcome(&rx);
+    });
+    let reports = kernel.take_reports();
+    assert!(reports.iter().any(|r| r.rule == Rule::BadMdl && r.detail.contains("changed")), "{reports:?}");
+    kernel.finish();
+}
+
+#[test]
 fn a_send_left_alone_while_in_flight_is_not_reported() {
     let kernel = slow_sends();
     connected(&kernel, |socket| {

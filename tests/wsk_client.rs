@@ -267,3 +267,41 @@ fn dropping_a_request_right_after_its_outcome_waits_for_the_completion_routine()
     });
     kernel.finish();
 }
+
+#[test]
+fn disconnect_stuck_behind_a_stalled_send_times_out_and_close_still_cancels_the_send() {
+    let kernel = Kernel::boot();
+    with_connection(&kernel, &EchoServer::silent(), |socket| {
+        let (tx, rx) = mpsc::channel();
+        let request = common::request(0, &tx);
+        let chunks: Vec<PoolBuffer> =
+            (0..4).map(|_| PoolBuffer::new(8 << 20, TAG_TEST).expect("8 MiB")).collect();
+        let refs: Vec<&PoolBuffer> = chunks.iter().collect();
+        // SAFETY: the chain is ours; nothing touches it until the outcome arrives.
+        unsafe {
+            let head = PoolBuffer::chain(&refs);
+            request.send(&socket, WSK_BUF { Mdl: head, Offset: 0, Length: 32 << 20 }, 0).expect("issued");
+        }
+        // The FIN queues behind 32 MiB the peer will never read.
+        assert_eq!(socket.disconnect(300), Err(STATUS_IO_TIMEOUT));
+        let started = Instant::now();
+        socket.close();
+        assert!(started.elapsed() < Duration::from_secs(2), "close took {:?}", started.elapsed());
+        let done = rx.recv_timeout(STALL).expect("the send completes");
+        assert_eq!(done.status, STATUS_CANCELLED);
+    });
+    kernel.finish();
+}
+
+#[test]
+fn forced_close_while_connecting_fails_the_connect_and_leaves_no_socket() {
+    let kernel = booted(Faults { connect_never_answers: true, ..Faults::default() });
+    let connecting = kernel.spawn(|| client().connect("127.0.0.1:9".parse().expect("addr"), 10_000).err());
+    while kernel.stats().sockets == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kernel.force_close_sockets();
+    assert_eq!(connecting.join().expect("connect thread"), Some(STATUS_FILE_FORCED_CLOSED));
+    assert_eq!(kernel.stats().sockets, 0);
+    kernel.finish();
+}
