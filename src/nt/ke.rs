@@ -84,6 +84,9 @@ unsafe extern "system" {
 }
 
 /// `KeGetCurrentIrql` (x64 inline): the IRQL is CR8.
+///
+/// # Safety
+/// Kernel mode only (CR8 is privileged).
 #[cfg(all(windows, target_arch = "x86_64"))]
 #[inline]
 pub unsafe fn KeGetCurrentIrql() -> KIRQL {
@@ -94,6 +97,9 @@ pub unsafe fn KeGetCurrentIrql() -> KIRQL {
 }
 
 /// `KfRaiseIrql` (x64 inline): write CR8, return the old value.
+///
+/// # Safety
+/// Kernel mode only; `new_irql` is not below the current IRQL.
 #[cfg(all(windows, target_arch = "x86_64"))]
 #[inline]
 pub unsafe fn KfRaiseIrql(new_irql: KIRQL) -> KIRQL {
@@ -106,6 +112,9 @@ pub unsafe fn KfRaiseIrql(new_irql: KIRQL) -> KIRQL {
 }
 
 /// `KeLowerIrql` (x64 inline): write CR8.
+///
+/// # Safety
+/// Kernel mode only; `new_irql` is the IRQL this processor was raised from.
 #[cfg(all(windows, target_arch = "x86_64"))]
 #[inline]
 pub unsafe fn KeLowerIrql(new_irql: KIRQL) {
