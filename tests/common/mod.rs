@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::Duration;
@@ -102,17 +101,7 @@ fn echo(mut conn: TcpStream, reset_after: Option<u64>) {
 
 /// Closes with a reset instead of a FIN.
 pub fn reset(conn: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: a valid socket and a correctly sized SO_LINGER value.
-    unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    ntsim::set_abortive(conn);
     let _ = conn.shutdown(Shutdown::Both);
 }
 

@@ -33,3 +33,4 @@ pub use faults::{AllocKind, Faults};
 pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};
 pub use verifier::{Report, Rule};
+pub use wsk::set_abortive;

@@ -155,8 +155,9 @@ pub(super) fn status_of(e: &io::Error) -> NTSTATUS {
     }
 }
 
-/// Makes the next close of the TCP socket send a reset rather than a FIN.
-pub(super) fn set_abortive(stream: &mio::net::TcpStream) {
+/// Makes the next close of a TCP socket send a reset rather than a FIN. Public so that
+/// test peers reset connections the same way the provider does.
+pub fn set_abortive(stream: &impl AsRawFd) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket fd and a correctly sized SO_LINGER value.
     unsafe {
