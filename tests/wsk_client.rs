@@ -305,3 +305,15 @@ fn forced_close_while_connecting_fails_the_connect_and_leaves_no_socket() {
     assert_eq!(kernel.stats().sockets, 0);
     kernel.finish();
 }
+
+#[test]
+fn a_byte_changed_on_the_wire_is_caught_by_the_transfer_check() {
+    let kernel = Kernel::boot();
+    with_connection(&kernel, &EchoServer::corrupting_at(3 * MIB + 12345), |socket| {
+        let mut t = Transfer::new(8 * MIB);
+        let err = t.echo_all(&socket).expect_err("the corrupted byte is found");
+        assert_eq!(err, format!("byte {} of the stream is wrong", 3 * MIB + 12345));
+        socket.close(); // completes every request still pending; their bytes are moot now
+    });
+    kernel.finish();
+}

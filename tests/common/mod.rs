@@ -48,7 +48,12 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ip: &str) -> EchoServer {
-        Self::spawn(ip, None)
+        Self::spawn(ip, Peer::Echo)
+    }
+
+    /// Echoes, but flips the byte at stream position `at`: proves the harness's check.
+    pub fn corrupting_at(at: u64) -> EchoServer {
+        Self::spawn("127.0.0.1", Peer::CorruptAt(at))
     }
 
     /// A peer that accepts and then never reads: sends to it stall once TCP's buffers fill.
@@ -63,23 +68,31 @@ impl EchoServer {
     }
 
     pub fn resetting_after(bytes: u64) -> EchoServer {
-        Self::spawn("127.0.0.1", Some(bytes))
+        Self::spawn("127.0.0.1", Peer::ResetAfter(bytes))
     }
 
-    fn spawn(ip: &str, reset_after: Option<u64>) -> EchoServer {
+    fn spawn(ip: &str, peer: Peer) -> EchoServer {
         let listener = TcpListener::bind((ip, 0)).expect("bind a loopback listener");
         let addr = listener.local_addr().expect("listener address");
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                thread::spawn(move || echo(conn, reset_after));
+                thread::spawn(move || echo(conn, peer));
             }
         });
         EchoServer { addr }
     }
 }
 
-fn echo(mut conn: TcpStream, reset_after: Option<u64>) {
+/// How an echo peer misbehaves, if at all.
+#[derive(Clone, Copy)]
+enum Peer {
+    Echo,
+    ResetAfter(u64),
+    CorruptAt(u64),
+}
+
+fn echo(mut conn: TcpStream, peer: Peer) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut echoed = 0u64;
     loop {
@@ -87,11 +100,16 @@ fn echo(mut conn: TcpStream, reset_after: Option<u64>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Peer::CorruptAt(at) = peer {
+            if (echoed..echoed + n as u64).contains(&at) {
+                buf[(at - echoed) as usize] ^= 0x01;
+            }
+        }
         if conn.write_all(&buf[..n]).is_err() {
             return;
         }
         echoed += n as u64;
-        if reset_after.is_some_and(|limit| echoed >= limit) {
+        if matches!(peer, Peer::ResetAfter(limit) if echoed >= limit) {
             reset(&conn);
             return;
         }
