@@ -191,6 +191,13 @@ fn nt_layouts() -> Vec<Layout> {
         layout!(DISPATCHER_HEADER {
             Type, Signalling, Size, Reserved1 as "DpcActive", SignalState, WaitListHead,
         }),
+        layout!(KDPC {
+            Type, Importance, Number, DpcListEntry, DeferredRoutine, DeferredContext,
+            SystemArgument1, SystemArgument2, DpcData,
+        }),
+        layout!(KTIMER {
+            Header, DueTime, TimerListEntry, Dpc, Processor, Period,
+        }),
         layout!(LIST_ENTRY { Flink, Blink }),
         layout!(EX_RUNDOWN_REF { Count }),
         layout!(KAPC opaque),
@@ -205,7 +212,7 @@ fn nt_scalars() -> Vec<Scalar> {
             BOOLEAN, CCHAR, CSHORT, ULONG_PTR, SIZE_T, LONGLONG, KPROCESSOR_MODE, KIRQL,
             KSPIN_LOCK, KPRIORITY, PFN_NUMBER,
         ],
-        others: [NTSTATUS, LARGE_INTEGER, EVENT_TYPE, KWAIT_REASON, MEMORY_CACHING_TYPE],
+        others: [NTSTATUS, LARGE_INTEGER, EVENT_TYPE, KWAIT_REASON, MEMORY_CACHING_TYPE, TIMER_TYPE, WORK_QUEUE_TYPE],
     )
 }
 
@@ -223,6 +230,7 @@ fn nt_constants() -> Vec<Constant> {
         PAGE_SIZE, PAGE_SHIFT,
         PASSIVE_LEVEL, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL,
         NotificationEvent, SynchronizationEvent, Executive, KernelMode, UserMode,
+        NotificationTimer, SynchronizationTimer, CriticalWorkQueue, DelayedWorkQueue,
         LowPagePriority, NormalPagePriority, HighPagePriority, MmCached,
         TRUE, FALSE,
     ]

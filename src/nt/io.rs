@@ -211,7 +211,35 @@ pub struct IO_STACK_LOCATION {
     pub Context: PVOID,
 }
 
+/// A work item, opaque: the I/O manager's, allocated by `IoAllocateWorkItem`.
+#[repr(C)]
+pub struct IO_WORKITEM {
+    _opaque: [u8; 0],
+}
+
+/// `IO_WORKITEM_ROUTINE`: runs at PASSIVE_LEVEL on a system worker thread.
+pub type PIO_WORKITEM_ROUTINE =
+    Option<unsafe extern "system" fn(DeviceObject: *mut DEVICE_OBJECT, Context: PVOID)>;
+
+/// WORK_QUEUE_TYPE.
+pub type WORK_QUEUE_TYPE = i32;
+pub const CriticalWorkQueue: WORK_QUEUE_TYPE = 0;
+pub const DelayedWorkQueue: WORK_QUEUE_TYPE = 1;
+
 unsafe extern "system" {
+    /// Allocates a work item that keeps `DeviceObject` (and its driver) loaded while
+    /// queued. IRQL <= DISPATCH_LEVEL. NULL on failure.
+    pub fn IoAllocateWorkItem(DeviceObject: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM;
+    pub fn IoFreeWorkItem(IoWorkItem: *mut IO_WORKITEM);
+    /// Queues the item to run `WorkerRoutine(DeviceObject, Context)` at PASSIVE_LEVEL.
+    /// An item must not be queued again until its routine has started.
+    pub fn IoQueueWorkItem(
+        IoWorkItem: *mut IO_WORKITEM,
+        WorkerRoutine: PIO_WORKITEM_ROUTINE,
+        QueueType: WORK_QUEUE_TYPE,
+        Context: PVOID,
+    );
+
     /// Allocates and initialises an IRP with `StackSize` stack locations. NULL on failure.
     pub fn IoAllocateIrp(StackSize: CCHAR, ChargeQuota: BOOLEAN) -> *mut IRP;
     /// Frees an IRP from `IoAllocateIrp` that is not in flight.

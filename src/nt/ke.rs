@@ -6,7 +6,7 @@
 
 use core::ffi::c_void;
 
-use crate::{BOOLEAN, LARGE_INTEGER, LIST_ENTRY, NTSTATUS};
+use crate::{BOOLEAN, LARGE_INTEGER, LIST_ENTRY, NTSTATUS, PVOID};
 
 pub type KIRQL = u8;
 pub const PASSIVE_LEVEL: KIRQL = 0;
@@ -47,6 +47,55 @@ pub struct KEVENT {
     pub Header: DISPATCHER_HEADER,
 }
 
+/// DISPATCHER_HEADER.Type of the objects wsktls waits on.
+pub const EventNotificationObject: u8 = 0;
+pub const EventSynchronizationObject: u8 = 1;
+pub const TimerNotificationObject: u8 = 8;
+pub const TimerSynchronizationObject: u8 = 9;
+
+/// TIMER_TYPE for `KeInitializeTimerEx`.
+pub type TIMER_TYPE = i32;
+pub const NotificationTimer: TIMER_TYPE = 0;
+pub const SynchronizationTimer: TIMER_TYPE = 1;
+
+/// `KDEFERRED_ROUTINE`: a DPC, run at DISPATCH_LEVEL.
+pub type PKDEFERRED_ROUTINE = Option<
+    unsafe extern "system" fn(
+        Dpc: *mut KDPC,
+        DeferredContext: PVOID,
+        SystemArgument1: PVOID,
+        SystemArgument2: PVOID,
+    ),
+>;
+
+/// A deferred procedure call object (wdm.h), 64 bytes on x64.
+#[repr(C)]
+pub struct KDPC {
+    pub Type: u8,
+    pub Importance: u8,
+    pub Number: u16,
+    /// A LIST_ENTRY in older headers; a SINGLE_LIST_ENTRY plus ProcessorHistory in newer
+    /// ones. Same 16 bytes either way; the kernel's own.
+    pub DpcListEntry: LIST_ENTRY,
+    pub DeferredRoutine: PKDEFERRED_ROUTINE,
+    pub DeferredContext: PVOID,
+    pub SystemArgument1: PVOID,
+    pub SystemArgument2: PVOID,
+    pub DpcData: PVOID,
+}
+
+/// A kernel timer (wdm.h), 64 bytes on x64: a dispatcher object that is signalled when it
+/// expires, and queues its DPC, if it has one.
+#[repr(C)]
+pub struct KTIMER {
+    pub Header: DISPATCHER_HEADER,
+    pub DueTime: u64,
+    pub TimerListEntry: LIST_ENTRY,
+    pub Dpc: *mut KDPC,
+    pub Processor: u32,
+    pub Period: u32,
+}
+
 unsafe extern "system" {
     /// Raises to DISPATCH_LEVEL and acquires the lock; returns the previous IRQL.
     pub fn KeAcquireSpinLockRaiseToDpc(SpinLock: *mut KSPIN_LOCK) -> KIRQL;
@@ -65,6 +114,17 @@ unsafe extern "system" {
     /// Waits for a dispatcher object. `Timeout` is in 100 ns units, negative for relative;
     /// NULL waits forever. IRQL <= APC_LEVEL, or DISPATCH_LEVEL with a zero timeout.
     /// Returns STATUS_SUCCESS or STATUS_TIMEOUT.
+    pub fn KeInitializeDpc(Dpc: *mut KDPC, DeferredRoutine: PKDEFERRED_ROUTINE, DeferredContext: PVOID);
+    pub fn KeInitializeTimerEx(Timer: *mut KTIMER, Type: TIMER_TYPE);
+    /// Sets (or resets) the timer to expire at `DueTime` (100 ns units, negative for
+    /// relative), then queue `Dpc` if not NULL. Returns whether it was already set.
+    /// IRQL <= DISPATCH_LEVEL.
+    pub fn KeSetTimer(Timer: *mut KTIMER, DueTime: LARGE_INTEGER, Dpc: *mut KDPC) -> BOOLEAN;
+    /// Removes the timer from the queue; returns whether it was set.
+    pub fn KeCancelTimer(Timer: *mut KTIMER) -> BOOLEAN;
+    /// Waits until every queued DPC has run. PASSIVE_LEVEL.
+    pub fn KeFlushQueuedDpcs();
+
     pub fn KeWaitForSingleObject(
         Object: *mut c_void,
         WaitReason: KWAIT_REASON,
