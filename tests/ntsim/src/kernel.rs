@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::faults::Faults;
 use crate::rng::Rng;
 use crate::verifier::Report;
-use crate::{io, mdl, pool, sync, wsk};
+use crate::{io, mdl, pool, sync, timer, workitem, wsk};
 
 /// How a kernel boots.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +27,8 @@ pub(crate) struct KernelInner {
     pub(crate) irps: io::Irps,
     pub(crate) mdls: mdl::Mdls,
     pub(crate) dispatcher: sync::Dispatcher,
+    pub(crate) timers: timer::Timers,
+    pub(crate) work: workitem::WorkItems,
     pub(crate) wsk: wsk::Provider,
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
@@ -121,7 +123,8 @@ pub(crate) fn enter(k: Arc<KernelInner>) -> EnterGuard {
 /// reported anything that was not taken with [`Kernel::take_reports`].
 pub struct Kernel {
     inner: Arc<KernelInner>,
-    reactor: Option<thread::JoinHandle<()>>,
+    /// Timer thread, system worker, WSK provider thread; empty once stopped.
+    threads: Vec<thread::JoinHandle<()>>,
     finished: bool,
 }
 
@@ -142,6 +145,8 @@ impl Kernel {
             irps: io::Irps::default(),
             mdls: mdl::Mdls::default(),
             dispatcher: sync::Dispatcher::default(),
+            timers: timer::Timers::default(),
+            work: workitem::WorkItems::default(),
             wsk: provider,
             faults: Mutex::new(config.faults),
             rng: Mutex::new(Rng::new(seed)),
@@ -156,7 +161,23 @@ impl Kernel {
                 reactor.run(&k);
             })
             .expect("ntsim: cannot start the WSK provider thread");
-        Kernel { inner, reactor: Some(reactor), finished: false }
+        let system_threads = vec![
+            Self::system_thread(&inner, "ntsim-timer", |k| k.timers.run(k)),
+            Self::system_thread(&inner, "ntsim-worker", |k| k.work.run()),
+            reactor,
+        ];
+        Kernel { inner, threads: system_threads, finished: false }
+    }
+
+    fn system_thread(inner: &Arc<KernelInner>, name: &str, body: fn(&KernelInner)) -> thread::JoinHandle<()> {
+        let k = Arc::clone(inner);
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _in = enter(Arc::clone(&k));
+                body(&k);
+            })
+            .expect("ntsim: cannot start a system thread")
     }
 
     /// Enters this kernel on the calling thread, at PASSIVE_LEVEL.
@@ -239,10 +260,16 @@ impl Kernel {
     }
 
     fn stop(&mut self) {
-        if let Some(reactor) = self.reactor.take() {
+        if !self.threads.is_empty() {
+            self.inner.work.stop();
+            self.inner.timers.stop();
             self.inner.wsk.stop();
-            let _ = reactor.join();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
             let _in = self.enter();
+            self.inner.work.check_unload();
+            self.inner.timers.check_unload();
             self.inner.wsk.check_unload();
             self.inner.irps.check_unload();
             self.inner.mdls.check_unload();

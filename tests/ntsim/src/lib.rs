@@ -16,7 +16,7 @@
 //! ntsim never sends traffic anywhere but loopback: a connect to any other address is a
 //! verifier report, not a packet.
 #![deny(unsafe_op_in_unsafe_fn)]
-#![allow(non_snake_case, clippy::missing_safety_doc)]
+#![allow(non_snake_case, non_upper_case_globals, clippy::missing_safety_doc)]
 
 mod faults;
 mod io;
@@ -26,7 +26,9 @@ mod mdl;
 mod pool;
 mod rng;
 mod sync;
+mod timer;
 pub mod verifier;
+mod workitem;
 mod wsk;
 
 pub use faults::{AllocKind, Faults};

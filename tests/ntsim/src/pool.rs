@@ -147,6 +147,17 @@ pub extern "system" fn ExFreePoolWithTag(p: PVOID, tag: u32) {
         );
         return;
     }
+    if let Some(timer) = k.timers.inside(addr, block.size) {
+        // Kept, like a buffer freed in flight: the timer thread may still touch it.
+        report(
+            Rule::TimerMisuse,
+            format!("pool block {p:?} freed with a set timer or running DPC at {timer:#x} inside it"),
+        );
+        let mut s = lock(&k.pool.state);
+        s.live.remove(&addr);
+        s.bytes -= block.size;
+        return;
+    }
     if let Some(irp) = k.mdls.in_flight_overlapping(addr, block.size) {
         // Keep the memory (quarantined, never reused) so the provider still reads valid
         // bytes; the report is the bugcheck.

@@ -8,9 +8,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use wsktls_nt::{
-    BOOLEAN, DISPATCH_LEVEL, EX_RUNDOWN_REF, KEVENT, KIRQL, KPRIORITY, KPROCESSOR_MODE, KSPIN_LOCK,
-    KWAIT_REASON, LARGE_INTEGER, NTSTATUS, NotificationEvent, STATUS_SUCCESS, STATUS_TIMEOUT,
-    SynchronizationEvent,
+    BOOLEAN, DISPATCH_LEVEL, EX_RUNDOWN_REF, EventNotificationObject, EventSynchronizationObject, KEVENT,
+    KIRQL, KPRIORITY, KPROCESSOR_MODE, KSPIN_LOCK, KWAIT_REASON, LARGE_INTEGER, NTSTATUS, STATUS_SUCCESS,
+    STATUS_TIMEOUT, TimerNotificationObject, TimerSynchronizationObject,
 };
 
 use crate::irql::{current_irql, require_apc, require_dispatch, require_passive, set_irql};
@@ -25,7 +25,7 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         let _g = lock(&self.lock);
         self.changed.notify_all();
     }
@@ -196,16 +196,20 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
     if zero_wait {
         require_dispatch("KeWaitForSingleObject");
     }
+    // Events and timers both start with a DISPATCHER_HEADER; that is all a wait reads.
     let event = object as *mut KEVENT;
     // SAFETY: the caller waits on a live dispatcher object.
-    let kind = unsafe { (*event).Header.Type } as i32;
-    if kind != NotificationEvent && kind != SynchronizationEvent {
-        report(
-            Rule::BadParameter,
-            format!("KeWaitForSingleObject on object type {kind}: ntsim models events only"),
-        );
-        return STATUS_TIMEOUT;
-    }
+    let synchronization = match unsafe { (*event).Header.Type } {
+        EventNotificationObject | TimerNotificationObject => false,
+        EventSynchronizationObject | TimerSynchronizationObject => true,
+        other => {
+            report(
+                Rule::BadParameter,
+                format!("KeWaitForSingleObject on object type {other}: ntsim models events and timers"),
+            );
+            return STATUS_TIMEOUT;
+        }
+    };
     let deadline = timeout.map(|t| {
         // Negative: relative, in 100 ns units. Positive (absolute) is treated as relative
         // to now, which is all wsktls uses.
@@ -213,7 +217,7 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
     });
     let state = signal_state(event);
     let satisfied = k.dispatcher.wait_until(deadline, || {
-        if kind == SynchronizationEvent {
+        if synchronization {
             state.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
         } else {
             state.load(Ordering::Acquire) != 0

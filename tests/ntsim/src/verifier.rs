@@ -50,6 +50,12 @@ pub enum Rule {
     /// WSK registration misuse: a capture not released, a registration not deregistered,
     /// a deregistration that would wait forever, a capture that waits inside DriverEntry.
     WskRegistration,
+    /// A timer freed while set (or a DPC's memory freed while it runs), or still set at
+    /// unload, where it would fire into an unloaded driver.
+    TimerMisuse,
+    /// A work item queued again before its routine started, freed while queued, or never
+    /// freed.
+    WorkItemMisuse,
     /// A spin lock acquired twice by one thread, or released by one that does not hold it.
     SpinLockMisuse,
     /// A connect to an address outside loopback (ntsim never sends such traffic).

@@ -1,0 +1,169 @@
+//! Work items: IoAllocateWorkItem / IoQueueWorkItem / IoFreeWorkItem, run at PASSIVE_LEVEL
+//! on the kernel's system worker thread, with the life-cycle checks Driver Verifier makes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use wsktls_nt::{DEVICE_OBJECT, IO_WORKITEM, PASSIVE_LEVEL, PIO_WORKITEM_ROUTINE, PVOID, WORK_QUEUE_TYPE};
+
+use crate::faults::{AllocKind, allocation_fails};
+use crate::irql::{require_dispatch, with_irql};
+use crate::kernel::{current, lock};
+use crate::pool::{raw_alloc, raw_free};
+use crate::verifier::{Rule, report};
+
+/// What ntsim allocates for an IO_WORKITEM (the real one is opaque too).
+const ITEM_SIZE: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ItemState {
+    Idle,
+    Queued,
+    Running,
+}
+
+struct Queued {
+    item: usize,
+    routine: unsafe extern "system" fn(*mut DEVICE_OBJECT, PVOID),
+    context: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// Live work items: state and the device each keeps referenced.
+    live: HashMap<usize, (ItemState, usize)>,
+    queue: VecDeque<Queued>,
+    stopping: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct WorkItems {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl WorkItems {
+    /// The system worker thread. At unload it finishes what is queued, then stops.
+    pub(crate) fn run(&self) {
+        let mut st = lock(&self.state);
+        loop {
+            let Some(q) = st.queue.pop_front() else {
+                if st.stopping {
+                    return;
+                }
+                st = self
+                    .changed
+                    .wait_timeout(st, Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            };
+            let device = match st.live.get_mut(&q.item) {
+                Some(e) => {
+                    e.0 = ItemState::Running;
+                    e.1
+                }
+                None => continue,
+            };
+            drop(st);
+            with_irql(PASSIVE_LEVEL, "a work item routine", || {
+                // SAFETY: the driver's routine, called as the I/O manager does.
+                unsafe { (q.routine)(device as *mut DEVICE_OBJECT, q.context as PVOID) }
+            });
+            st = lock(&self.state);
+            if let Some(e) = st.live.get_mut(&q.item) {
+                if e.0 == ItemState::Running {
+                    e.0 = ItemState::Idle;
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        lock(&self.state).stopping = true;
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn check_unload(&self) {
+        let n = lock(&self.state).live.len();
+        if n > 0 {
+            report(Rule::WorkItemMisuse, format!("{n} work item(s) never freed"));
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM {
+    let k = current();
+    if !require_dispatch("IoAllocateWorkItem") || allocation_fails(AllocKind::Pool) {
+        return std::ptr::null_mut();
+    }
+    if device.is_null() {
+        report(Rule::BadParameter, "IoAllocateWorkItem(NULL): a work item keeps a device object referenced");
+        return std::ptr::null_mut();
+    }
+    let item = raw_alloc(ITEM_SIZE);
+    if !item.is_null() {
+        lock(&k.work.state).live.insert(item as usize, (ItemState::Idle, device as usize));
+    }
+    item.cast()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoQueueWorkItem(
+    item: *mut IO_WORKITEM,
+    routine: PIO_WORKITEM_ROUTINE,
+    _queue: WORK_QUEUE_TYPE,
+    context: PVOID,
+) {
+    let k = current();
+    require_dispatch("IoQueueWorkItem");
+    let Some(routine) = routine else {
+        report(Rule::BadParameter, "IoQueueWorkItem with a NULL routine");
+        return;
+    };
+    let mut st = lock(&k.work.state);
+    match st.live.get_mut(&(item as usize)) {
+        None => {
+            drop(st);
+            report(Rule::WorkItemMisuse, format!("IoQueueWorkItem({item:?}): not a live work item"));
+        }
+        Some(e) if e.0 == ItemState::Queued => {
+            drop(st);
+            report(
+                Rule::WorkItemMisuse,
+                format!("IoQueueWorkItem({item:?}) again before its routine started"),
+            );
+        }
+        Some(e) => {
+            e.0 = ItemState::Queued;
+            st.queue.push_back(Queued { item: item as usize, routine, context: context as usize });
+            k.work.changed.notify_all();
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "system" fn IoFreeWorkItem(item: *mut IO_WORKITEM) {
+    let k = current();
+    require_dispatch("IoFreeWorkItem");
+    let mut st = lock(&k.work.state);
+    match st.live.get(&(item as usize)).map(|e| e.0) {
+        None => {
+            drop(st);
+            report(Rule::WorkItemMisuse, format!("IoFreeWorkItem({item:?}): not a live work item"));
+        }
+        Some(ItemState::Queued) => {
+            drop(st);
+            report(Rule::WorkItemMisuse, format!("IoFreeWorkItem({item:?}) while it is queued"));
+        }
+        Some(_) => {
+            st.live.remove(&(item as usize));
+            drop(st);
+            // SAFETY: allocated by IoAllocateWorkItem with ITEM_SIZE; no longer tracked.
+            unsafe { raw_free(item.cast(), ITEM_SIZE) };
+        }
+    }
+}
