@@ -3,9 +3,9 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::faults::Faults;
 use crate::rng::Rng;
@@ -89,6 +89,12 @@ impl KernelInner {
 /// consistent between its own operations.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits on a condition variable for at most `timeout`, with the same tolerance of
+/// poisoning as [`lock`].
+pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>, timeout: Duration) -> MutexGuard<'a, T> {
+    cv.wait_timeout(guard, timeout).unwrap_or_else(|e| e.into_inner()).0
 }
 
 thread_local! {
@@ -217,7 +223,7 @@ impl Kernel {
     /// requests complete with STATUS_FILE_FORCED_CLOSED and so does every later call
     /// but WskCloseSocket.
     pub fn force_close_sockets(&self) {
-        self.inner.wsk.force_close_all(&self.inner);
+        self.inner.wsk.force_close_all();
     }
 
     /// The reports recorded so far, removed so that dropping the kernel does not fail.

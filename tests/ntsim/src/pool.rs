@@ -147,15 +147,18 @@ pub extern "system" fn ExFreePoolWithTag(p: PVOID, tag: u32) {
         );
         return;
     }
+    // The driver has let go of the block, whatever becomes of its memory below.
+    {
+        let mut s = lock(&k.pool.state);
+        s.live.remove(&addr);
+        s.bytes -= block.size;
+    }
     if let Some(timer) = k.timers.inside(addr, block.size) {
         // Kept, like a buffer freed in flight: the timer thread may still touch it.
         report(
             Rule::TimerMisuse,
             format!("pool block {p:?} freed with a set timer or running DPC at {timer:#x} inside it"),
         );
-        let mut s = lock(&k.pool.state);
-        s.live.remove(&addr);
-        s.bytes -= block.size;
         return;
     }
     if let Some(irp) = k.mdls.in_flight_overlapping(addr, block.size) {
@@ -169,15 +172,7 @@ pub extern "system" fn ExFreePoolWithTag(p: PVOID, tag: u32) {
                 tag_text(tag)
             ),
         );
-        let mut s = lock(&k.pool.state);
-        s.live.remove(&addr);
-        s.bytes -= block.size;
         return;
-    }
-    {
-        let mut s = lock(&k.pool.state);
-        s.live.remove(&addr);
-        s.bytes -= block.size;
     }
     // SAFETY: the block was allocated above with this layout and is no longer tracked.
     unsafe {

@@ -14,7 +14,7 @@ use wsktls_nt::{
 };
 
 use crate::irql::{current_irql, require_apc, require_dispatch, require_passive, set_irql};
-use crate::kernel::{current, lock};
+use crate::kernel::{current, lock, wait};
 use crate::verifier::{Rule, report};
 
 /// The dispatcher lock: every signal and wait goes through it, as in the real kernel.
@@ -44,7 +44,7 @@ impl Dispatcher {
                 },
                 None => Duration::from_millis(100),
             };
-            g = self.changed.wait_timeout(g, step).unwrap_or_else(|e| e.into_inner()).0;
+            g = wait(&self.changed, g, step);
         }
     }
 }

@@ -14,7 +14,7 @@ use wsktls_nt::{
 };
 
 use crate::irql::{require_dispatch, require_passive, with_irql};
-use crate::kernel::{KernelInner, current, lock};
+use crate::kernel::{KernelInner, current, lock, wait};
 use crate::verifier::{Rule, report};
 
 #[derive(Default)]
@@ -40,11 +40,7 @@ impl Timers {
         let mut st = lock(&self.state);
         while !st.stopping {
             let Some(&Reverse((due, generation, timer))) = st.queue.peek() else {
-                st = self
-                    .changed
-                    .wait_timeout(st, Duration::from_millis(50))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                st = wait(&self.changed, st, Duration::from_millis(50));
                 continue;
             };
             if st.set.get(&timer).map(|e| e.0) != Some(generation) {
@@ -53,7 +49,7 @@ impl Timers {
             }
             let now = Instant::now();
             if due > now {
-                st = self.changed.wait_timeout(st, due - now).unwrap_or_else(|e| e.into_inner()).0;
+                st = wait(&self.changed, st, due - now);
                 continue;
             }
             st.queue.pop();
@@ -178,6 +174,6 @@ pub extern "system" fn KeFlushQueuedDpcs() {
         if st.running.is_empty() && !due {
             return;
         }
-        st = k.timers.changed.wait_timeout(st, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+        st = wait(&k.timers.changed, st, Duration::from_millis(5));
     }
 }

@@ -9,7 +9,7 @@ use wsktls_nt::{DEVICE_OBJECT, IO_WORKITEM, PASSIVE_LEVEL, PIO_WORKITEM_ROUTINE,
 
 use crate::faults::{AllocKind, allocation_fails};
 use crate::irql::{require_dispatch, with_irql};
-use crate::kernel::{current, lock};
+use crate::kernel::{current, lock, wait};
 use crate::pool::{raw_alloc, raw_free};
 use crate::verifier::{Rule, report};
 
@@ -52,11 +52,7 @@ impl WorkItems {
                 if st.stopping {
                     return;
                 }
-                st = self
-                    .changed
-                    .wait_timeout(st, Duration::from_millis(50))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                st = wait(&self.changed, st, Duration::from_millis(50));
                 continue;
             };
             let device = match st.live.get_mut(&q.item) {

@@ -21,7 +21,7 @@ use wsktls_nt::{
 };
 
 use crate::irql::{require_dispatch, require_passive};
-use crate::kernel::{KernelInner, current, lock};
+use crate::kernel::{current, lock};
 use crate::verifier::{Rule, report};
 pub(crate) use reactor::Reactor;
 use socket::Socket;
@@ -117,7 +117,7 @@ impl Provider {
         let _ = self.waker.wake();
     }
 
-    pub(crate) fn force_close_all(&self, _k: &KernelInner) {
+    pub(crate) fn force_close_all(&self) {
         let sockets: Vec<Arc<Socket>> = lock(&self.sockets).values().cloned().collect();
         for s in sockets {
             s.request_forced_close();
