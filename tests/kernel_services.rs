@@ -1,19 +1,25 @@
 //! ntsim's timers, DPCs and work items, as the secure channel will use them (timeouts,
 //! the handshake's work item): what runs, at which IRQL, and what the verifier says of
-//! misuse.
+//! misuse. And the services the cryptography needs: the CNG random number generator, the
+//! clocks, and saving the extended processor state around vector code.
 
 mod common;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ntsim::{Kernel, Rule};
+use ntsim::{Kernel, Rule, with_irql};
 use wsktls::nt::{
-    DEVICE_OBJECT, DISPATCH_LEVEL, DelayedWorkQueue, Executive, FALSE, IO_WORKITEM, IoAllocateWorkItem,
-    IoFreeWorkItem, IoQueueWorkItem, KDPC, KTIMER, KeCancelTimer, KeFlushQueuedDpcs, KeGetCurrentIrql,
-    KeInitializeDpc, KeInitializeTimerEx, KeSetTimer, KeWaitForSingleObject, KernelMode, NotificationTimer,
-    PASSIVE_LEVEL, PoolBox, STATUS_SUCCESS, STATUS_TIMEOUT, relative_timeout_ms,
+    BCRYPT_USE_SYSTEM_PREFERRED_RNG, BCryptGenRandom, DEVICE_OBJECT, DISPATCH_LEVEL, DelayedWorkQueue,
+    Executive, FALSE, IO_WORKITEM, IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem, KDPC, KTIMER,
+    KeCancelTimer, KeFlushQueuedDpcs, KeGetCurrentIrql, KeInitializeDpc, KeInitializeTimerEx,
+    KeQueryInterruptTimePrecise, KeQuerySystemTimePrecise, KeRestoreExtendedProcessorState,
+    KeSaveExtendedProcessorState, KeSetTimer, KeWaitForSingleObject, KernelMode, NotificationTimer,
+    PASSIVE_LEVEL, PoolBox, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, STATUS_TIMEOUT,
+    SYSTEM_TIME_UNITS_PER_SECOND, UNIX_EPOCH_AS_SYSTEM_TIME, XSTATE_MASK_AVX, XSTATE_MASK_AVX512,
+    XSTATE_MASK_LEGACY, XSTATE_SAVE, interrupt_time_100ns, relative_timeout_ms, system_random,
+    system_time_to_unix_seconds, unix_time_seconds,
 };
 
 /// What a DPC or work item saw when it ran.
@@ -222,4 +228,179 @@ fn timer_freed_while_set_is_reported() {
         reports.iter().any(|r| r.rule == Rule::TimerMisuse && r.detail.contains("unload")),
         "{reports:?}"
     );
+}
+
+#[test]
+fn system_rng_fills_every_byte_and_differs_between_calls() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        system_random(&mut a).expect("PASSIVE_LEVEL, system-preferred RNG");
+        system_random(&mut b).expect("again");
+        assert_ne!(a, [0u8; 64]);
+        assert_ne!(a, b, "two draws of 512 bits never repeat");
+        let mut big = vec![0u8; 64 * 1024];
+        system_random(&mut big).expect("a large draw");
+        let zeros = big.iter().filter(|&&x| x == 0).count();
+        assert!(zeros < 512, "{zeros} zero bytes: about 256 expected when every byte is written");
+    }
+    let stats = kernel.stats();
+    assert_eq!((stats.rng_calls, stats.rng_bytes), (3, 64 + 64 + 64 * 1024));
+    kernel.finish();
+}
+
+#[test]
+fn system_rng_refuses_a_provider_handle_a_missing_flag_and_a_null_buffer() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut buf = [0u8; 16];
+        let mut not_a_provider = 0u64;
+        let handle: *mut c_void = (&mut not_a_provider as *mut u64).cast();
+        let null = std::ptr::null_mut();
+        // SAFETY: each call gets a writable 16-byte buffer or NULL; the failures are the test.
+        unsafe {
+            assert_eq!(BCryptGenRandom(handle, buf.as_mut_ptr(), 16, 0), STATUS_INVALID_HANDLE);
+            assert_eq!(BCryptGenRandom(null, buf.as_mut_ptr(), 16, 0), STATUS_INVALID_HANDLE);
+            let preferred = BCRYPT_USE_SYSTEM_PREFERRED_RNG;
+            assert_eq!(
+                BCryptGenRandom(null, buf.as_mut_ptr(), 16, preferred | 0x100),
+                STATUS_INVALID_PARAMETER
+            );
+            assert_eq!(BCryptGenRandom(null, std::ptr::null_mut(), 16, preferred), STATUS_INVALID_PARAMETER);
+            assert_eq!(BCryptGenRandom(null, std::ptr::null_mut(), 0, preferred), STATUS_SUCCESS);
+        }
+        assert_eq!(buf, [0u8; 16], "no failed call wrote a byte");
+    }
+    kernel.finish();
+}
+
+#[test]
+fn system_time_is_the_wall_clock_counted_in_100ns_from_1601() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+        let ours = unix_time_seconds().expect("the clock reads after 1970");
+        assert!(ours.abs_diff(wall) <= 2, "ntsim {ours} s, std {wall} s");
+        let mut raw = 0i64;
+        // SAFETY: writes our LARGE_INTEGER.
+        unsafe { KeQuerySystemTimePrecise(&mut raw) };
+        let from_raw = system_time_to_unix_seconds(raw).expect("after 1970");
+        assert!(from_raw.abs_diff(wall) <= 2, "raw {raw} is {from_raw} s since 1970, std says {wall} s");
+        let at_dispatch = with_irql(DISPATCH_LEVEL, "the test", unix_time_seconds);
+        assert!(at_dispatch.is_some_and(|t| t.abs_diff(wall) <= 2), "readable at DISPATCH_LEVEL too");
+    }
+    kernel.finish();
+}
+
+#[test]
+fn unix_time_conversion_counts_369_years_from_1601_and_refuses_earlier_times() {
+    // 1601-01-01 to 1970-01-01: 369 years, 89 of them leap years.
+    let days = 369 * 365 + 89;
+    assert_eq!(UNIX_EPOCH_AS_SYSTEM_TIME, days * 86_400 * SYSTEM_TIME_UNITS_PER_SECOND);
+    assert_eq!(system_time_to_unix_seconds(UNIX_EPOCH_AS_SYSTEM_TIME), Some(0));
+    assert_eq!(system_time_to_unix_seconds(UNIX_EPOCH_AS_SYSTEM_TIME + 25_000_000), Some(2));
+    assert_eq!(system_time_to_unix_seconds(UNIX_EPOCH_AS_SYSTEM_TIME - 1), None);
+    assert_eq!(system_time_to_unix_seconds(i64::MIN), None);
+}
+
+#[test]
+fn interrupt_time_is_monotonic_in_100ns_units_and_stamps_its_qpc_value() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut last = interrupt_time_100ns();
+        for _ in 0..10_000 {
+            let now = interrupt_time_100ns();
+            assert!(now >= last, "interrupt time went back from {last} to {now}");
+            last = now;
+        }
+        let outer = Instant::now();
+        let before = interrupt_time_100ns();
+        std::thread::sleep(Duration::from_millis(50));
+        let elapsed = interrupt_time_100ns() - before;
+        let real = outer.elapsed().as_nanos() as u64 / 100;
+        assert!((500_000..=real).contains(&elapsed), "50 ms sleep: {elapsed} units, at most {real}");
+        let mut qpc = 0u64;
+        // SAFETY: writes our ULONG64.
+        let now = unsafe { KeQueryInterruptTimePrecise(&mut qpc) };
+        assert_eq!(qpc, now, "ntsim's performance counter runs at 10 MHz");
+        assert!(with_irql(DISPATCH_LEVEL, "the test", interrupt_time_100ns) >= now);
+    }
+    kernel.finish();
+}
+
+#[test]
+fn extended_state_saves_nest_link_to_each_other_and_restore_cleanly() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut outer = XSTATE_SAVE::zeroed();
+        let mut inner = XSTATE_SAVE::zeroed();
+        let (outer, inner): (*mut XSTATE_SAVE, *mut XSTATE_SAVE) = (&mut outer, &mut inner);
+        // SAFETY: saves into our own storage, restored innermost first, each at the IRQL
+        // of its save; the fields are read between save and restore.
+        unsafe {
+            assert_eq!(
+                KeSaveExtendedProcessorState(XSTATE_MASK_LEGACY | XSTATE_MASK_AVX, outer),
+                STATUS_SUCCESS
+            );
+            assert!((*outer).Prev.is_null(), "the thread's first save");
+            assert_eq!((*outer).Level, PASSIVE_LEVEL);
+            with_irql(DISPATCH_LEVEL, "the test", || {
+                assert_eq!(KeSaveExtendedProcessorState(XSTATE_MASK_AVX512, inner), STATUS_SUCCESS);
+                assert_eq!((*inner).Prev, outer, "a nested save links to the one it is nested in");
+                assert_eq!((*inner).Thread, (*outer).Thread);
+                assert_eq!((*inner).Level, DISPATCH_LEVEL);
+                assert_eq!((*inner).XStateContext.Mask, XSTATE_MASK_AVX512);
+                KeRestoreExtendedProcessorState(inner);
+            });
+            KeRestoreExtendedProcessorState(outer);
+        }
+    }
+    let stats = kernel.stats();
+    assert_eq!((stats.xstate_saves, stats.xstate_restores), (2, 2));
+    kernel.finish();
+}
+
+unsafe extern "system" fn save_and_restore_work(device: *mut DEVICE_OBJECT, context: *mut c_void) {
+    let mut save = XSTATE_SAVE::zeroed();
+    // SAFETY: a save into this frame's storage, restored before returning.
+    unsafe {
+        if KeSaveExtendedProcessorState(XSTATE_MASK_LEGACY | XSTATE_MASK_AVX, &mut save) == STATUS_SUCCESS {
+            KeRestoreExtendedProcessorState(&mut save);
+        }
+        count_work(device, context);
+    }
+}
+
+#[test]
+fn work_item_that_restores_what_it_saved_is_clean() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let seen = Seen::default();
+        let device = device();
+        let item = work_item(&device);
+        // SAFETY: queuing our idle item with a context that outlives it.
+        unsafe {
+            IoQueueWorkItem(
+                item,
+                Some(save_and_restore_work),
+                DelayedWorkQueue,
+                &seen as *const Seen as *mut c_void,
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.runs.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(seen.runs.load(Ordering::SeqCst), 1);
+        // SAFETY: the routine has run; the item is idle.
+        unsafe { IoFreeWorkItem(item) };
+    }
+    assert_eq!(kernel.stats().xstate_saves, 1);
+    kernel.finish();
 }

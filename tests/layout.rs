@@ -29,6 +29,11 @@ const WSK_HEADERS: &[&str] = &["<ntddk.h>", "\"wsk_documented.h\""];
 /// The socket address types come from the user-mode winsock headers, which clash with the
 /// DDK's in one translation unit.
 const WINSOCK_HEADERS: &[&str] = &["<winsock2.h>", "<ws2tcpip.h>"];
+/// CNG as a kernel driver includes it: bcrypt.h after the DDK.
+const CNG_HEADERS: &[&str] = &["<ntddk.h>", "<bcrypt.h>"];
+/// The XSTATE_MASK_* values. MinGW's ntddk.h spells them with MSVC's `1i64` suffix, which
+/// gcc rejects, and lacks the AVX and AVX-512 ones; winnt.h has them all.
+const WINNT_HEADERS: &[&str] = &["<windows.h>"];
 
 // ---------------------------------------------------------------------------------------
 // The tables: what Rust says, in a form the generator turns into C.
@@ -201,6 +206,13 @@ fn nt_layouts() -> Vec<Layout> {
         layout!(LIST_ENTRY { Flink, Blink }),
         layout!(EX_RUNDOWN_REF { Count }),
         layout!(KAPC opaque),
+        layout!(XSTATE_SAVE {
+            Prev, Thread, Level, XStateContext,
+        } nested {
+            XStateContext.Mask, XStateContext.Length, XStateContext.Reserved1,
+            XStateContext.Area, XStateContext.Buffer,
+        }),
+        layout!(XSTATE_CONTEXT { Mask, Length, Reserved1, Area, Buffer }),
     ]
 }
 
@@ -219,7 +231,7 @@ fn nt_scalars() -> Vec<Scalar> {
 /// The wdm.h constants (the NTSTATUS values have a test of their own).
 #[rustfmt::skip]
 fn nt_constants() -> Vec<Constant> {
-    constants![
+    let mut constants = constants![
         MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL,
         MDL_ALLOCATED_FIXED_SIZE, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED, MDL_IO_PAGE_READ,
         MDL_WRITE_OPERATION, MDL_NETWORK_HEADER, MDL_MAPPING_CAN_FAIL,
@@ -233,7 +245,30 @@ fn nt_constants() -> Vec<Constant> {
         NotificationTimer, SynchronizationTimer, CriticalWorkQueue, DelayedWorkQueue,
         LowPagePriority, NormalPagePriority, HighPagePriority, MmCached,
         TRUE, FALSE,
+    ];
+    // The DDK's feature numbers, against the masks built from them.
+    for (c_expr, value) in [
+        ("1LL << XSTATE_LEGACY_FLOATING_POINT", XSTATE_MASK_LEGACY_FLOATING_POINT),
+        ("1LL << XSTATE_LEGACY_SSE", XSTATE_MASK_LEGACY_SSE),
+        ("1LL << XSTATE_GSSE", XSTATE_MASK_AVX),
+    ] {
+        constants.push(Constant { c_expr: c_expr.to_owned(), value: value as i64 });
+    }
+    constants
+}
+
+/// The extended processor state masks, against winnt.h.
+#[rustfmt::skip]
+fn xstate_mask_constants() -> Vec<Constant> {
+    constants![
+        XSTATE_MASK_LEGACY_FLOATING_POINT, XSTATE_MASK_LEGACY_SSE, XSTATE_MASK_LEGACY,
+        XSTATE_MASK_AVX, XSTATE_MASK_AVX512,
     ]
+}
+
+/// BCryptGenRandom's flags, against bcrypt.h.
+fn cng_constants() -> Vec<Constant> {
+    constants![BCRYPT_RNG_USE_ENTROPY_IN_BUFFER, BCRYPT_USE_SYSTEM_PREFERRED_RNG]
 }
 
 /// Every NTSTATUS the crate declares. `(NTSTATUS)` makes the C side a 32-bit LONG, so a
@@ -446,6 +481,16 @@ fn nt_constants_match_mingw_ddk_headers() {
 }
 
 #[test]
+fn xstate_masks_match_mingw_winnt_h() {
+    check("xstate_masks", WINNT_HEADERS, &constant_asserts(&xstate_mask_constants()));
+}
+
+#[test]
+fn cng_rng_flags_match_mingw_bcrypt_h() {
+    check("cng_constants", CNG_HEADERS, &constant_asserts(&cng_constants()));
+}
+
+#[test]
 fn wsk_structures_match_documented_wsk_h() {
     check("wsk_structures", WSK_HEADERS, &layout_asserts(&wsk_layouts()));
 }
@@ -504,6 +549,8 @@ fn well_known_x64_sizes_and_offsets_hold() {
     assert_eq!(offset_of!(IRP, Tail.Overlay.CurrentStackLocation), 184);
     assert_eq!(offset_of!(IO_STACK_LOCATION, CompletionRoutine), 56);
     assert_eq!(IoSizeOfIrp(2), 208 + 2 * 72);
+    assert_eq!(size_of::<XSTATE_SAVE>(), 56);
+    assert_eq!(offset_of!(XSTATE_SAVE, XStateContext), 24);
 }
 
 /// The check is not vacuous: one wrong offset among the real ones fails the compile, and

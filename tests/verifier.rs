@@ -10,11 +10,12 @@ use std::time::Duration;
 use common::{Done, EchoServer, Notify, TAG_TEST as TAG};
 use ntsim::{Config, Faults, Kernel, Report, Rule, with_irql};
 use wsktls::nt::{
-    DEVICE_OBJECT, DISPATCH_LEVEL, ExAllocatePool2, ExFreePoolWithTag, FALSE, IRP, IoAllocateIrp,
+    DEVICE_OBJECT, DISPATCH_LEVEL, ExAllocatePool2, ExFreePoolWithTag, FALSE, HIGH_LEVEL, IRP, IoAllocateIrp,
     IoAllocateMdl, IoCompleteRequest, IoFreeIrp, IoFreeMdl, IoSetCompletionRoutine,
-    IoSetNextIrpStackLocation, MDL, MmBuildMdlForNonPagedPool, NTSTATUS, PIO_COMPLETION_ROUTINE,
-    POOL_FLAG_NON_PAGED, PoolBuffer, STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED,
-    STATUS_SUCCESS, WSK_BUF,
+    IoSetNextIrpStackLocation, KeRestoreExtendedProcessorState, KeSaveExtendedProcessorState, MDL,
+    MmBuildMdlForNonPagedPool, NTSTATUS, PIO_COMPLETION_ROUTINE, POOL_FLAG_NON_PAGED, PoolBuffer,
+    STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED, STATUS_NOT_SUPPORTED, STATUS_SUCCESS, WSK_BUF,
+    XSTATE_MASK_AVX, XSTATE_MASK_LEGACY, XSTATE_SAVE, system_random,
 };
 use wsktls::wsk::{Request, Socket, WskClient};
 
@@ -161,11 +162,15 @@ unsafe extern "system" fn release_irp(_d: *mut DEVICE_OBJECT, _irp: *mut IRP, _c
 
 /// An IRP of one stack location, taken by a lower driver as WSK would take it.
 fn irp_with_routine(routine: PIO_COMPLETION_ROUTINE) -> *mut IRP {
+    irp_with_routine_and_context(routine, std::ptr::null_mut())
+}
+
+fn irp_with_routine_and_context(routine: PIO_COMPLETION_ROUTINE, context: *mut c_void) -> *mut IRP {
     // SAFETY: allocation and the wdm.h inlines on a fresh IRP we own.
     unsafe {
         let irp = IoAllocateIrp(1, FALSE);
         assert!(!irp.is_null());
-        IoSetCompletionRoutine(irp, routine, std::ptr::null_mut(), true, true, true);
+        IoSetCompletionRoutine(irp, routine, context, true, true, true);
         IoSetNextIrpStackLocation(irp);
         (*irp).IoStatus.set(STATUS_SUCCESS, 0);
         irp
@@ -263,6 +268,155 @@ fn mdl_built_over_memory_that_is_not_nonpaged_pool_is_reported() {
     }
     let reports = kernel.take_reports();
     assert!(reported(&reports, Rule::MdlNotNonPagedPool), "{reports:?}");
+    kernel.finish();
+}
+
+#[test]
+fn system_rng_at_dispatch_level_is_reported_and_fills_nothing() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut key = [0u8; 32];
+        let r = with_irql(DISPATCH_LEVEL, "the test", || system_random(&mut key)); // the bug
+        assert_eq!(r, Err(STATUS_NOT_SUPPORTED));
+        assert_eq!(key, [0u8; 32], "no byte was written");
+    }
+    let reports = kernel.take_reports();
+    assert!(reported(&reports, Rule::RngAboveAllowedIrql), "{reports:?}");
+    kernel.finish();
+}
+
+/// The vector-state mask a driver running ring's AVX code saves.
+const VECTOR_STATE: u64 = XSTATE_MASK_LEGACY | XSTATE_MASK_AVX;
+
+fn save(storage: &mut XSTATE_SAVE) -> NTSTATUS {
+    // SAFETY: our own storage, which outlives the save.
+    unsafe { KeSaveExtendedProcessorState(VECTOR_STATE, storage) }
+}
+
+fn restore(storage: &mut XSTATE_SAVE) {
+    // SAFETY: our own storage; whether a save is active there is up to the test.
+    unsafe { KeRestoreExtendedProcessorState(storage) }
+}
+
+#[test]
+fn extended_state_restored_out_of_order_is_reported() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let (mut outer, mut inner) = (XSTATE_SAVE::zeroed(), XSTATE_SAVE::zeroed());
+        assert_eq!(save(&mut outer), STATUS_SUCCESS);
+        assert_eq!(save(&mut inner), STATUS_SUCCESS);
+        restore(&mut outer); // the bug: the inner save is still active
+        restore(&mut inner);
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports.iter().any(|r| r.rule == Rule::ExtendedStateMisuse && r.detail.contains("LIFO")),
+        "{reports:?}"
+    );
+    assert_eq!(reports.len(), 1, "the restore after it is in order again: {reports:?}");
+    kernel.finish();
+}
+
+#[test]
+fn extended_state_restore_without_a_save_is_reported() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut never_saved = XSTATE_SAVE::zeroed();
+        restore(&mut never_saved); // the bug
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports.iter().any(|r| r.rule == Rule::ExtendedStateMisuse && r.detail.contains("never saved")),
+        "{reports:?}"
+    );
+    kernel.finish();
+}
+
+#[test]
+fn extended_state_restored_at_another_irql_than_its_save_is_reported() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut storage = XSTATE_SAVE::zeroed();
+        assert_eq!(save(&mut storage), STATUS_SUCCESS);
+        with_irql(DISPATCH_LEVEL, "the test", || restore(&mut storage)); // the bug
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports.iter().any(|r| r.rule == Rule::ExtendedStateMisuse && r.detail.contains("saved at IRQL 0")),
+        "{reports:?}"
+    );
+    kernel.finish();
+}
+
+#[test]
+fn extended_state_saved_above_dispatch_level_is_reported_and_fails() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut storage = XSTATE_SAVE::zeroed();
+        let status = with_irql(HIGH_LEVEL, "the test", || save(&mut storage)); // the bug: as in an ISR
+        assert!(!status.is_success(), "{status:?}");
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.rule == Rule::IrqlTooHigh && r.detail.contains("KeSaveExtendedProcessorState")),
+        "{reports:?}"
+    );
+    assert_eq!(kernel.stats().xstate_saves, 0, "nothing was saved");
+    kernel.finish();
+}
+
+#[test]
+fn extended_state_never_restored_is_reported_at_unload() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut storage = XSTATE_SAVE::zeroed();
+        assert_eq!(save(&mut storage), STATUS_SUCCESS); // the bug: no restore
+    }
+    let reports = kernel.shutdown();
+    assert!(reported(&reports, Rule::ExtendedStateNotRestored), "{reports:?}");
+}
+
+unsafe extern "system" fn save_and_return(
+    _d: *mut DEVICE_OBJECT,
+    _irp: *mut IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: the test passes an XSTATE_SAVE that outlives the completion.
+    let storage = unsafe { &mut *(context as *mut XSTATE_SAVE) };
+    save(storage); // the bug: the routine returns with the state saved
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+#[test]
+fn completion_routine_returning_with_extended_state_saved_is_reported() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut storage = XSTATE_SAVE::zeroed();
+        let irp =
+            irp_with_routine_and_context(Some(save_and_return), (&mut storage as *mut XSTATE_SAVE).cast());
+        // SAFETY: completing and freeing our own IRP; the routine's storage outlives it.
+        unsafe {
+            with_irql(DISPATCH_LEVEL, "the test", || IoCompleteRequest(irp, 0));
+            IoFreeIrp(irp);
+        }
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.rule == Rule::ExtendedStateNotRestored && r.detail.contains("completion routine")),
+        "{reports:?}"
+    );
+    assert_eq!(reports.len(), 1, "reported once, not again at unload: {reports:?}");
     kernel.finish();
 }
 

@@ -1,7 +1,8 @@
 //! The WSK client against ntsim's provider over real loopback TCP: bytes moved as MDL
-//! chains, the hostile transport (every send pending, late and split completions), peer
-//! resets and forced closes mid-transfer, connects that are refused or never answered,
-//! and the life cycle from registration to deregistration.
+//! chains, the hostile transport (every send pending, late and split completions), the
+//! throttled transport (small send buffers, a peer that reads slowly), peer resets and
+//! forced closes mid-transfer, connects that are refused or never answered, and the life
+//! cycle from registration to deregistration.
 
 mod common;
 
@@ -11,17 +12,20 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    CONNECT_TIMEOUT_MS, EchoServer, STALL, TAG_TEST, Transfer, client, closed_port, with_connection,
+    CONNECT_TIMEOUT_MS, EchoServer, STALL, TAG_TEST, Transfer, client, closed_port, pattern, with_connection,
 };
 use ntsim::{Config, Faults, Kernel, Rule};
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_REFUSED, STATUS_CONNECTION_RESET,
-    STATUS_DEVICE_NOT_READY, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, WSK_BUF, WSK_INFINITE_WAIT,
+    STATUS_DEVICE_NOT_READY, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_SUCCESS, WSK_BUF,
+    WSK_INFINITE_WAIT,
 };
 use wsktls::wsk::{Completion, Request, WskClient};
 
 const MIB: u64 = 1024 * 1024;
 const QUIET: Duration = Duration::from_millis(50);
+/// How long a send must stay pending to count as held back by the peer.
+const HELD: Duration = Duration::from_millis(300);
 
 fn booted(faults: Faults) -> Kernel {
     Kernel::boot_with(Config { faults, ..Config::default() })
@@ -314,6 +318,63 @@ fn a_byte_changed_on_the_wire_is_caught_by_the_transfer_check() {
         let err = t.echo_all(&socket).expect_err("the corrupted byte is found");
         assert_eq!(err, format!("byte {} of the stream is wrong", 3 * MIB + 12345));
         socket.close(); // completes every request still pending; their bytes are moot now
+    });
+    kernel.finish();
+}
+
+/// A throttled transport: socket send buffers of a few KiB.
+fn throttled() -> Faults {
+    Faults { send_buffer_bytes: Some(4096), ..Faults::default() }
+}
+
+#[test]
+fn throttled_transport_pends_many_sends_and_still_echoes_4_mib_byte_for_byte() {
+    let kernel = booted(throttled());
+    echo(&kernel, "127.0.0.1", 4 * MIB);
+    let stats = kernel.stats();
+    // Unthrottled, none of these sends pends; throttled, about half do (loopback acks
+    // some of them within the write).
+    let sends = stats.sends_pended + stats.sends_inline;
+    assert!(stats.sends_pended * 5 >= sends, "at least one send in five pended: {stats:?}");
+    kernel.finish();
+}
+
+#[test]
+fn throttled_transport_reports_an_ideal_send_backlog_of_its_small_send_buffer() {
+    let kernel = booted(throttled());
+    with_connection(&kernel, &EchoServer::start("127.0.0.1"), |socket| {
+        let backlog = socket.ideal_send_backlog().expect("SIO_WSK_QUERY_IDEAL_SEND_BACKLOG");
+        assert!((4096..=16 * 1024).contains(&backlog), "backlog {backlog}");
+    });
+    kernel.finish();
+}
+
+#[test]
+fn throttled_send_to_a_peer_that_reads_nothing_stays_pending_until_the_peer_reads() {
+    let kernel = booted(throttled());
+    let (server, reader) = EchoServer::held_reader(4096);
+    let length = MIB as usize;
+    with_connection(&kernel, &server, |socket| {
+        let mut buffer = PoolBuffer::new(length, TAG_TEST).expect("buffer");
+        for (pos, b) in buffer.as_mut_slice().iter_mut().enumerate() {
+            *b = pattern(pos as u64);
+        }
+        let (tx, rx) = mpsc::channel();
+        let request = common::request(1, &tx);
+        let buf = WSK_BUF { Mdl: buffer.mdl(), Offset: 0, Length: length };
+        // SAFETY: our buffer and its MDL, left alone until the send completes.
+        unsafe { request.send(&socket, buf, 0) }.expect("issued");
+        assert!(rx.recv_timeout(HELD).is_err(), "the send completed though the peer read nothing");
+        assert_eq!(kernel.stats().sends_pended, 1);
+
+        reader.release();
+        let done = rx.recv_timeout(STALL).expect("the send completes once the peer reads");
+        assert_eq!((done.status, done.bytes), (STATUS_SUCCESS, length));
+        socket.disconnect(CONNECT_TIMEOUT_MS).expect("graceful disconnect");
+        let got = reader.bytes(STALL);
+        assert_eq!(got.len(), length, "every byte reached the peer");
+        assert!(got.iter().enumerate().all(|(pos, &b)| b == pattern(pos as u64)), "and in order");
+        socket.close();
     });
     kernel.finish();
 }

@@ -7,9 +7,9 @@
 //! `layout` test checks them against MinGW's DDK headers and wsk.h's documented values.
 //!
 //! The kernel build links the imports against ntoskrnl.exe, hal.dll, NETIO.SYS and
-//! ksecdd.sys. Host builds link them against `ntsim`, the user-mode kernel in
-//! `tests/ntsim`, which implements the same functions over the same structures. The
-//! driver code is the same in both.
+//! ksecdd.sys (`BCryptGenRandom`). Host builds link them against `ntsim`, the user-mode
+//! kernel in `tests/ntsim`, which implements the same functions over the same structures.
+//! The driver code is the same in both.
 //!
 //! Besides the declarations, `pool` holds the two owners of nonpaged memory every layer
 //! uses (`PoolBox`, `PoolBuffer`), so no code above this crate calls the pool or MDL
@@ -20,6 +20,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod basic;
+mod bcrypt;
 mod ex;
 mod inet;
 mod io;
@@ -27,9 +28,12 @@ mod ke;
 mod mm;
 mod pool;
 mod status;
+mod time;
 mod wsk;
+mod xstate;
 
 pub use basic::*;
+pub use bcrypt::*;
 pub use ex::*;
 pub use inet::*;
 pub use io::*;
@@ -37,4 +41,6 @@ pub use ke::*;
 pub use mm::*;
 pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
 pub use status::*;
+pub use time::*;
 pub use wsk::*;
+pub use xstate::*;

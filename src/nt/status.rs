@@ -23,30 +23,44 @@ pub const fn NT_SUCCESS(status: NTSTATUS) -> bool {
 }
 
 macro_rules! statuses {
-    ($($name:ident = $value:literal,)*) => {
-        $(pub const $name: NTSTATUS = NTSTATUS($value as u32 as i32);)*
+    (
+        nt { $($nt:ident = $ntv:literal,)* }
+        sspi { $($sec:ident = $secv:literal,)* }
+        wsktls { $($own:ident = $ownv:literal,)* }
+    ) => {
+        $(pub const $nt: NTSTATUS = NTSTATUS($ntv as u32 as i32);)*
+        $(pub const $sec: NTSTATUS = NTSTATUS($secv as u32 as i32);)*
+        $(pub const $own: NTSTATUS = NTSTATUS($ownv as u32 as i32);)*
 
         impl NTSTATUS {
-            /// The ntstatus.h name of a value this crate declares.
+            /// The header name of a value this crate declares.
             pub fn name(self) -> Option<&'static str> {
                 match self {
-                    $($name => Some(stringify!($name)),)*
+                    $($nt => Some(stringify!($nt)),)*
+                    $($sec => Some(stringify!($sec)),)*
+                    $($own => Some(stringify!($own)),)*
                     _ => None,
                 }
             }
         }
 
-        /// Every status this crate declares, for tests that check them against ntstatus.h.
-        pub const DECLARED_STATUSES: &[(&str, NTSTATUS)] = &[$((stringify!($name), $name),)*];
+        /// Every ntstatus.h status this crate declares, for tests that check them.
+        pub const DECLARED_STATUSES: &[(&str, NTSTATUS)] = &[$((stringify!($nt), $nt),)*];
+        /// The SSPI (Schannel) statuses, checked against winerror.h.
+        pub const SECURITY_STATUSES: &[(&str, NTSTATUS)] = &[$((stringify!($sec), $sec),)*];
+        /// wsktls's own statuses (customer bit set), for wsktls.h.
+        pub const WSKTLS_STATUSES: &[(&str, NTSTATUS)] = &[$((stringify!($own), $own),)*];
     };
 }
 
 statuses! {
+    nt {
     STATUS_SUCCESS = 0x0000_0000,
     STATUS_TIMEOUT = 0x0000_0102,
     STATUS_PENDING = 0x0000_0103,
     STATUS_UNSUCCESSFUL = 0xC000_0001,
     STATUS_NOT_IMPLEMENTED = 0xC000_0002,
+    STATUS_INVALID_HANDLE = 0xC000_0008,
     STATUS_INVALID_PARAMETER = 0xC000_000D,
     STATUS_MORE_PROCESSING_REQUIRED = 0xC000_0016,
     STATUS_BUFFER_TOO_SMALL = 0xC000_0023,
@@ -67,6 +81,25 @@ statuses! {
     STATUS_HOST_UNREACHABLE = 0xC000_023D,
     STATUS_CONNECTION_ABORTED = 0xC000_0241,
     STATUS_NOINTERFACE = 0xC000_02B9,
+    }
+    // What the kernel's SSPI (Schannel) returns for the same failures: kernel consumers of
+    // TLS already know these (winerror.h; negative, so NT_SUCCESS is false).
+    sspi {
+        SEC_E_INTERNAL_ERROR = 0x8009_0304,
+        SEC_E_MESSAGE_ALTERED = 0x8009_030F,
+        SEC_E_WRONG_PRINCIPAL = 0x8009_0322,
+        SEC_E_ILLEGAL_MESSAGE = 0x8009_0326,
+        SEC_E_UNTRUSTED_ROOT = 0x8009_0325,
+        SEC_E_CERT_UNKNOWN = 0x8009_0327,
+        SEC_E_CERT_EXPIRED = 0x8009_0328,
+        SEC_E_ALGORITHM_MISMATCH = 0x8009_0331,
+    }
+    // Failures with no Windows equivalent: severity error, customer bit, facility 0x7A5.
+    wsktls {
+        STATUS_WSKTLS_PIN_MISMATCH = 0xE7A5_0001,
+        STATUS_WSKTLS_TRUNCATED = 0xE7A5_0002,
+        STATUS_WSKTLS_PEER_ALERT = 0xE7A5_0003,
+    }
 }
 
 impl fmt::Debug for NTSTATUS {

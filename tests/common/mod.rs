@@ -3,6 +3,7 @@
 //! completions handled one at a time) and checks every byte and every completion.
 #![allow(dead_code)]
 
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -67,6 +68,28 @@ impl EchoServer {
         EchoServer { addr }
     }
 
+    /// A peer that reads nothing until released, from a socket with a `receive_buffer`
+    /// of a few KiB (SO_RCVBUF, set on the listener so the accepted socket advertises a
+    /// small window from the start): a sender with a small send buffer is held back after
+    /// a few KiB. Released, it reads to the client's FIN and hands over every byte.
+    pub fn held_reader(receive_buffer: usize) -> (EchoServer, HeldReader) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+        ntsim::set_receive_buffer(&listener, receive_buffer).expect("SO_RCVBUF on the listener");
+        let addr = listener.local_addr().expect("listener address");
+        let (release_tx, release_rx) = mpsc::channel();
+        let (bytes_tx, bytes_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let Ok((mut conn, _)) = listener.accept() else { return };
+            if release_rx.recv().is_err() {
+                return;
+            }
+            let mut got = Vec::new();
+            let _ = conn.read_to_end(&mut got);
+            let _ = bytes_tx.send(got);
+        });
+        (EchoServer { addr }, HeldReader { release: release_tx, bytes: bytes_rx })
+    }
+
     pub fn resetting_after(bytes: u64) -> EchoServer {
         Self::spawn("127.0.0.1", Peer::ResetAfter(bytes))
     }
@@ -81,6 +104,24 @@ impl EchoServer {
             }
         });
         EchoServer { addr }
+    }
+}
+
+/// The reading side of [`EchoServer::held_reader`].
+pub struct HeldReader {
+    release: Sender<()>,
+    bytes: Receiver<Vec<u8>>,
+}
+
+impl HeldReader {
+    /// Lets the peer start reading.
+    pub fn release(&self) {
+        let _ = self.release.send(());
+    }
+
+    /// Every byte the peer read, once the client has shut down its side.
+    pub fn bytes(&self, wait: Duration) -> Vec<u8> {
+        self.bytes.recv_timeout(wait).expect("the held reader reads to the client's FIN")
     }
 }
 

@@ -32,6 +32,12 @@ pub struct Faults {
     pub connect_never_answers: bool,
     /// Allocations of these kinds fail with this probability.
     pub fail_allocations: Option<(AllocKind, f64)>,
+    /// A throttled transport: the provider's TCP sockets get this send buffer (SO_SNDBUF,
+    /// set when the socket is made; Linux doubles the value and keeps at least about
+    /// 4.5 KiB). WskSend then rarely finishes inline, and a peer that reads slowly holds
+    /// sends pending after a few KiB instead of after megabytes of autotuned buffer. The
+    /// ideal send backlog the provider reports shrinks with it.
+    pub send_buffer_bytes: Option<usize>,
 }
 
 impl Faults {

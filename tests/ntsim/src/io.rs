@@ -20,6 +20,7 @@ use crate::kernel::{current, lock};
 use crate::mdl::{Segment, hash_segments};
 use crate::pool::{raw_alloc, raw_free};
 use crate::verifier::{Rule, report};
+use crate::xstate;
 
 /// Where an IRP is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,7 +278,9 @@ unsafe fn walk_completion(irp: *mut IRP) {
                         (*IoGetCurrentIrpStackLocation(irp)).DeviceObject
                     };
                     let irql = current_irql();
+                    let saves = xstate::depth();
                     let r = routine(device, irp, context);
+                    xstate::check_returned(saves, || format!("the completion routine of {irp:?}"));
                     if current_irql() != irql {
                         report(
                             Rule::IrqlMismatch,

@@ -20,15 +20,17 @@ pub(crate) fn set_irql(irql: KIRQL) {
 }
 
 /// Runs `f` at `irql` on this thread (as a DPC or provider thread would) and checks that
-/// it comes back at the same IRQL.
+/// it comes back at the same IRQL, with no extended processor state left saved.
 pub fn with_irql<R>(irql: KIRQL, what: &str, f: impl FnOnce() -> R) -> R {
     let old = current_irql();
+    let saves = crate::xstate::depth();
     set_irql(irql);
     let r = f();
     let now = current_irql();
     if now != irql {
         report(Rule::IrqlMismatch, format!("{what} returned at IRQL {now}, entered at {irql}"));
     }
+    crate::xstate::check_returned(saves, || what.to_owned());
     set_irql(old);
     r
 }

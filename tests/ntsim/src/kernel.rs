@@ -5,12 +5,12 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::faults::Faults;
 use crate::rng::Rng;
 use crate::verifier::Report;
-use crate::{io, mdl, pool, sync, timer, workitem, wsk};
+use crate::{io, mdl, pool, sync, timer, workitem, wsk, xstate};
 
 /// How a kernel boots.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +23,8 @@ pub struct Config {
 
 pub(crate) struct KernelInner {
     pub(crate) seed: u64,
+    /// When this kernel booted: interrupt time counts from here.
+    pub(crate) booted: Instant,
     pub(crate) pool: pool::Pool,
     pub(crate) irps: io::Irps,
     pub(crate) mdls: mdl::Mdls,
@@ -30,6 +32,7 @@ pub(crate) struct KernelInner {
     pub(crate) timers: timer::Timers,
     pub(crate) work: workitem::WorkItems,
     pub(crate) wsk: wsk::Provider,
+    pub(crate) xstate: xstate::Saves,
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     reports: Mutex<Vec<Report>>,
@@ -45,6 +48,10 @@ pub(crate) struct Counters {
     pub(crate) receives_split: AtomicU64,
     pub(crate) completions_delayed: AtomicU64,
     pub(crate) allocations_failed: AtomicU64,
+    pub(crate) rng_calls: AtomicU64,
+    pub(crate) rng_bytes: AtomicU64,
+    pub(crate) xstate_saves: AtomicU64,
+    pub(crate) xstate_restores: AtomicU64,
 }
 
 /// What a kernel has seen and still holds.
@@ -63,6 +70,13 @@ pub struct Stats {
     pub receives_split: u64,
     pub completions_delayed: u64,
     pub allocations_failed: u64,
+    /// BCryptGenRandom calls, and the bytes they filled.
+    pub rng_calls: u64,
+    pub rng_bytes: u64,
+    /// Successful KeSaveExtendedProcessorState calls, and KeRestoreExtendedProcessorState
+    /// calls: a driver that saves once per batch shows far fewer saves than records.
+    pub xstate_saves: u64,
+    pub xstate_restores: u64,
 }
 
 impl KernelInner {
@@ -99,6 +113,11 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>, timeout: Durat
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<KernelInner>>> = const { RefCell::new(None) };
+}
+
+/// The kernel this thread has entered, if any.
+pub(crate) fn try_current() -> Option<Arc<KernelInner>> {
+    CURRENT.with(|c| c.borrow().clone())
 }
 
 /// The kernel this thread has entered.
@@ -147,6 +166,7 @@ impl Kernel {
         let (provider, reactor) = wsk::Provider::new();
         let inner = Arc::new(KernelInner {
             seed,
+            booted: Instant::now(),
             pool: pool::Pool::default(),
             irps: io::Irps::default(),
             mdls: mdl::Mdls::default(),
@@ -154,6 +174,7 @@ impl Kernel {
             timers: timer::Timers::default(),
             work: workitem::WorkItems::default(),
             wsk: provider,
+            xstate: xstate::Saves::default(),
             faults: Mutex::new(config.faults),
             rng: Mutex::new(Rng::new(seed)),
             reports: Mutex::new(Vec::new()),
@@ -247,11 +268,15 @@ impl Kernel {
             receives_split: c.receives_split.load(Ordering::Relaxed),
             completions_delayed: c.completions_delayed.load(Ordering::Relaxed),
             allocations_failed: c.allocations_failed.load(Ordering::Relaxed),
+            rng_calls: c.rng_calls.load(Ordering::Relaxed),
+            rng_bytes: c.rng_bytes.load(Ordering::Relaxed),
+            xstate_saves: c.xstate_saves.load(Ordering::Relaxed),
+            xstate_restores: c.xstate_restores.load(Ordering::Relaxed),
         }
     }
 
-    /// Unloads: stops the provider, then reports every socket, registration, IRP, MDL and
-    /// pool block still alive. Returns all reports not yet taken.
+    /// Unloads: stops the provider, then reports every socket, registration, IRP, MDL,
+    /// pool block and extended-state save still alive. Returns all reports not yet taken.
     pub fn shutdown(mut self) -> Vec<Report> {
         self.stop();
         self.finished = true;
@@ -280,6 +305,7 @@ impl Kernel {
             self.inner.irps.check_unload();
             self.inner.mdls.check_unload();
             self.inner.pool.check_unload();
+            self.inner.xstate.check_unload();
         }
     }
 }

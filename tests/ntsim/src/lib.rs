@@ -18,6 +18,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(non_snake_case, non_upper_case_globals, clippy::missing_safety_doc)]
 
+mod bcrypt;
 mod faults;
 mod io;
 mod irql;
@@ -26,13 +27,15 @@ mod mdl;
 mod pool;
 mod rng;
 mod sync;
+mod time;
 mod timer;
 pub mod verifier;
 mod workitem;
 mod wsk;
+mod xstate;
 
 pub use faults::{AllocKind, Faults};
 pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};
 pub use verifier::{Report, Rule};
-pub use wsk::set_abortive;
+pub use wsk::{set_abortive, set_receive_buffer};

@@ -62,6 +62,18 @@ pub enum Rule {
     NonLoopbackAddress,
     /// A request ntsim models but whose parameters are invalid (wrong type, NULL IRP...).
     BadParameter,
+    /// BCryptGenRandom with BCRYPT_USE_SYSTEM_PREFERRED_RNG above PASSIVE_LEVEL, where
+    /// kernel-mode CNG does not support the system-preferred RNG.
+    RngAboveAllowedIrql,
+    /// Extended processor state restored out of order (not the thread's innermost active
+    /// save), on another thread or at another IRQL than its save, or never saved; a save
+    /// nested at a lower IRQL than the one enclosing it; an XSTATE_SAVE saved into while
+    /// active, or changed between its save and its restore.
+    ExtendedStateMisuse,
+    /// An extended-state save still active when the routine that made it returned (a DPC,
+    /// work item or completion routine), or at unload: the next code on that processor
+    /// would run with the driver's vector registers.
+    ExtendedStateNotRestored,
 }
 
 /// One verifier finding.

@@ -17,7 +17,9 @@ use wsktls_nt::{
 };
 
 use super::reactor::deliver;
-use super::socket::{Op, Phase, Socket, State, read_some, send_buffer_size, status_of, write_some};
+use super::socket::{
+    Op, Phase, Socket, State, read_some, send_buffer_size, set_send_buffer_size, status_of, write_some,
+};
 use crate::io::complete;
 use crate::irql::{require_dispatch, with_irql};
 use crate::kernel::{current, lock};
@@ -118,9 +120,16 @@ pub(super) unsafe extern "system" fn WskSocketConnect(
     let socket = Arc::new(Socket::new(k.wsk.new_id(), registration, k.fork_rng()));
     let mut st = lock(&socket.state);
     st.connect = Some(irp as usize);
-    if !k.faults().connect_never_answers {
+    let faults = k.faults();
+    if !faults.connect_never_answers {
         match mio::net::TcpStream::connect(remote) {
             Ok(mut stream) => {
+                if let Some(bytes) = faults.send_buffer_bytes {
+                    if let Err(e) = set_send_buffer_size(&stream, bytes) {
+                        st.connect = None;
+                        return finish_inline(irp, status_of(&e), 0);
+                    }
+                }
                 let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
                 if let Err(e) = k.wsk.registry.register(&mut stream, mio::Token(socket.id as usize), interest)
                 {

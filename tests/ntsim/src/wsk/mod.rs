@@ -25,7 +25,7 @@ use crate::kernel::{current, lock};
 use crate::verifier::{Rule, report};
 pub(crate) use reactor::Reactor;
 use socket::Socket;
-pub use socket::set_abortive;
+pub use socket::{set_abortive, set_receive_buffer};
 
 /// `ReservedRegistrationState` of a block WskRegister initialised.
 const REGISTERED: u64 = 0x5753_4B52_4547_4953; // "WSKREGIS"

@@ -171,6 +171,34 @@ pub fn set_abortive(stream: &impl AsRawFd) {
     }
 }
 
+/// Sets the socket's send buffer (SO_SNDBUF), for the throttled-transport fault.
+pub(super) fn set_send_buffer_size(stream: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    set_int_option(stream, libc::SO_SNDBUF, bytes)
+}
+
+/// Sets a socket's receive buffer (SO_RCVBUF; Linux doubles the value and keeps a
+/// minimum of about 2 KiB). Public so that a test peer can read slowly through a small
+/// window: set on a listener, it applies to the sockets it accepts from their first
+/// segment.
+pub fn set_receive_buffer(socket: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    set_int_option(socket, libc::SO_RCVBUF, bytes)
+}
+
+fn set_int_option(socket: &impl AsRawFd, option: libc::c_int, value: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket fd and an int-sized input.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// The socket's send buffer size: what ntsim reports as the ideal send backlog.
 pub(super) fn send_buffer_size(stream: &mio::net::TcpStream) -> usize {
     let mut v: libc::c_int = 0;
