@@ -1,0 +1,46 @@
+//! A value whose bytes are wiped after it is dropped.
+
+use core::mem::{ManuallyDrop, size_of};
+use core::ops::{Deref, DerefMut};
+
+/// Holds a `T` (a key schedule, a traffic secret) and, when dropped, drops it and then
+/// overwrites its bytes with zeros using volatile writes, so the wipe is not optimised
+/// away. For types with no zeroizing drop of their own, such as ring's expanded AEAD keys.
+///
+/// Only the bytes of `T` itself are wiped: `T` must not own secrets elsewhere (no heap).
+/// Moving a `Wiped` moves the bytes; keep it where it was first placed.
+pub struct Wiped<T>(ManuallyDrop<T>);
+
+impl<T> Wiped<T> {
+    pub fn new(value: T) -> Self {
+        Wiped(ManuallyDrop::new(value))
+    }
+}
+
+impl<T> Deref for Wiped<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for Wiped<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T> Drop for Wiped<T> {
+    fn drop(&mut self) {
+        let bytes = (&mut *self.0 as *mut T).cast::<u8>();
+        // SAFETY: the value is dropped exactly once, here, and never used again; afterwards
+        // its storage is plain bytes we own until `self` goes away.
+        unsafe {
+            ManuallyDrop::drop(&mut self.0);
+            for i in 0..size_of::<T>() {
+                bytes.add(i).write_volatile(0);
+            }
+        }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    }
+}
