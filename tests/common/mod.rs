@@ -3,6 +3,7 @@
 //! completions handled one at a time) and checks every byte and every completion.
 #![allow(dead_code)]
 
+pub mod peers;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
