@@ -129,6 +129,16 @@ impl PoolBuffer {
         self.data.as_ptr()
     }
 
+    /// Makes the MDL describe only the first `len` bytes (at most the buffer), as
+    /// NdisAdjustMdlLength does: a chain of partly filled buffers then carries exactly
+    /// their contents. The caller must not do this while a request carries the MDL.
+    pub fn set_mdl_len(&mut self, len: usize) {
+        let len = len.min(self.len) as u32;
+        // SAFETY: our own MDL, not in flight per the caller; shrinking ByteCount keeps it
+        // within the pages it was built for.
+        unsafe { (*self.mdl.as_ptr()).ByteCount = len };
+    }
+
     /// The bytes. The caller must not hold this across a request that writes them.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` initialised bytes owned by self.

@@ -68,6 +68,13 @@ impl<H: Completion> Request<H> {
         self.slot().in_flight.load(Ordering::Acquire)
     }
 
+    /// Neither in flight nor inside its completion routine: once the socket is closed and
+    /// every request is idle, nothing can run on the requests' owner any more.
+    pub fn is_idle(&self) -> bool {
+        let slot = self.slot();
+        !slot.in_flight.load(Ordering::Acquire) && slot.in_routine.load(Ordering::Acquire) == 0
+    }
+
     fn slot(&self) -> &Slot<H> {
         &self.slot
     }

@@ -7,6 +7,7 @@
 
 use core::cell::UnsafeCell;
 use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::TAG_SOCKET;
 use super::irp::{Irp, Outcome};
@@ -26,6 +27,8 @@ pub(crate) struct SocketCore {
     rundown: UnsafeCell<EX_RUNDOWN_REF>,
     /// The connect IRP, kept for WskCloseSocket.
     close_irp: Irp,
+    /// WskCloseSocket has been called (or is running).
+    closed: AtomicBool,
 }
 
 /// A connected TCP socket. Dropping it closes it (PASSIVE_LEVEL).
@@ -96,6 +99,7 @@ impl Socket {
             dispatch: core::ptr::null(),
             rundown: UnsafeCell::new(EX_RUNDOWN_REF { Count: 0 }),
             close_irp,
+            closed: AtomicBool::new(false),
         };
         let mut core = PoolBox::new(TAG_SOCKET, empty)?;
         let mut remote = WinAddr::new(remote);
@@ -198,6 +202,42 @@ impl Socket {
     pub fn close(self) {
         drop(self)
     }
+
+    /// Closes the socket now, while others may still hold it: from here on every call
+    /// fails with STATUS_FILE_FORCED_CLOSED, and when this returns no request is pending.
+    /// The owner of the socket calls it once it has stopped issuing; later calls do
+    /// nothing. PASSIVE_LEVEL.
+    pub fn shut(&self) {
+        self.core.shut()
+    }
+
+    /// One send or receive of `buf`, waited for at PASSIVE_LEVEL, giving up (cancelling
+    /// it, which leaves the stream unusable) after `timeout_ms`. Returns the bytes moved;
+    /// 0 from a receive means the peer closed.
+    ///
+    /// # Safety
+    /// `buf` describes a locked chain holding at least `Offset + Length` bytes, valid for
+    /// the call.
+    pub(crate) unsafe fn transfer_and_wait(
+        &self,
+        send: bool,
+        buf: WSK_BUF,
+        timeout_ms: u32,
+    ) -> Result<usize, NTSTATUS> {
+        let irp = Irp::allocate()?;
+        let mut buf = buf;
+        let buf_ptr: *mut WSK_BUF = &mut buf;
+        let outcome = irp.call_and_wait(Some(timeout_ms), |irp| {
+            // SAFETY: per this function's contract; `buf` outlives the request because
+            // call_and_wait returns only after its completion.
+            unsafe { self.core().transfer(send, buf_ptr, 0, irp) }
+        })?;
+        match outcome {
+            Outcome { status, information, .. } if status.is_success() => Ok(information),
+            Outcome { timed_out: true, .. } => Err(STATUS_IO_TIMEOUT),
+            Outcome { status, .. } => Err(status),
+        }
+    }
 }
 
 impl SocketCore {
@@ -244,8 +284,14 @@ impl SocketCore {
 
 impl Drop for SocketCore {
     fn drop(&mut self) {
-        if self.wsk.is_null() {
-            return; // never connected: nothing to close
+        self.shut();
+    }
+}
+
+impl SocketCore {
+    fn shut(&self) {
+        if self.wsk.is_null() || self.closed.swap(true, Ordering::AcqRel) {
+            return; // never connected, or closed already
         }
         let rundown = self.rundown.get();
         // SAFETY: PASSIVE_LEVEL per Socket's contract; afterwards no call is in progress

@@ -3,7 +3,9 @@
 //! completions handled one at a time) and checks every byte and every completion.
 #![allow(dead_code)]
 
+pub mod consumer;
 pub mod peers;
+pub mod proxy;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};

@@ -1,0 +1,187 @@
+//! Opening a channel (PASSIVE_LEVEL): connect the socket, run the handshake over it with
+//! blocking sends and receives bounded by the handshake deadline, then set up the record
+//! layer's buffers and start receiving.
+
+use alloc::vec::Vec;
+use core::sync::atomic::AtomicPtr;
+
+use super::config::ChannelConfig;
+use super::lock::SpinLock;
+use super::receive::Rx;
+use super::send::{SEND_SLOTS, Tx};
+use super::status::status_of;
+use super::{Channel, ReceiveDone, SendDone, Shared};
+use crate::nt::{
+    KEVENT, NTSTATUS, PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
+    STATUS_IO_TIMEOUT, WSK_BUF, interrupt_time_100ns, pool_tag,
+};
+use crate::platform::PLATFORM;
+use crate::tls::record::{MAX_RECORD, OVERHEAD};
+use crate::tls::{Established, HandshakeError, Transport, handshake};
+use crate::wsk::{Request, Socket, WskClient};
+
+const TAG_CHANNEL: u32 = pool_tag(b"WtCh");
+const TAG_RECORD: u32 = pool_tag(b"WtTx");
+const TAG_RECEIVE: u32 = pool_tag(b"WtRx");
+const TAG_HANDSHAKE: u32 = pool_tag(b"WtHs");
+
+/// Room for our handshake flights: a ClientHello, or a client certificate chain with its
+/// CertificateVerify and Finished.
+const HANDSHAKE_OUT: usize = 4 * MAX_RECORD;
+
+/// Where a channel is in opening, for the status a failure reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Handshaking,
+}
+
+impl Channel {
+    /// Connects to `config.remote`, authenticates the server and opens the channel.
+    /// Blocks the calling thread (PASSIVE_LEVEL) for at most the connect timeout plus the
+    /// handshake timeout. Statuses: STATUS_INVALID_PARAMETER for a bad configuration;
+    /// the socket's (STATUS_CONNECTION_REFUSED, ...); STATUS_IO_TIMEOUT; and the TLS
+    /// failures of README's table.
+    pub fn connect(client: &WskClient, config: &ChannelConfig) -> Result<Channel, NTSTATUS> {
+        if !config.is_valid() {
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        let setup = config.tls.client_setup(&PLATFORM).map_err(status_of)?;
+        let receive_buffer = PoolBuffer::new(config.receive_buffer.max(2 * MAX_RECORD), TAG_RECEIVE)?;
+        let mut phase = Phase::Connecting;
+        let socket = client.connect(config.remote, config.connect_timeout_ms)?;
+        phase = match phase {
+            Phase::Connecting => Phase::Handshaking,
+            p => p,
+        };
+        let established = {
+            let out = PoolBuffer::new(HANDSHAKE_OUT, TAG_HANDSHAKE)?;
+            let deadline = interrupt_time_100ns() + config.handshake_timeout_ms as u64 * 10_000;
+            let mut io = HandshakeIo {
+                socket: &socket,
+                incoming: Region::of(&receive_buffer),
+                outgoing: Region::of(&out),
+                deadline,
+            };
+            // SAFETY: the two buffers are ours and only touched through these slices while
+            // the handshake runs; `io` reaches them only by address, for the MDLs.
+            let (incoming, outgoing) = unsafe { (io.incoming.slice(), io.outgoing.slice()) };
+            handshake(setup, &PLATFORM, &mut io, incoming, outgoing, config.key_update_after_records)
+        };
+        let established = established.map_err(|e| match e {
+            HandshakeError::Transport(status) => status,
+            HandshakeError::Tls(e) => status_of(e),
+        })?;
+        debug_assert_eq!(phase, Phase::Handshaking);
+        let budget = config.budget(socket.ideal_send_backlog().ok());
+        Self::open(socket, established, receive_buffer, config, budget)
+    }
+
+    /// Builds the open channel around a finished handshake and starts receiving.
+    fn open(
+        socket: Socket,
+        e: Established,
+        receive_buffer: PoolBuffer,
+        config: &ChannelConfig,
+        budget: usize,
+    ) -> Result<Channel, NTSTATUS> {
+        let record_len = config.record_size + OVERHEAD;
+        let count = (budget / record_len).max(2);
+        let mut records = Vec::new();
+        records.try_reserve_exact(count).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        for _ in 0..count {
+            records.push(PoolBuffer::new(record_len, TAG_RECORD)?);
+        }
+        let sends = [0, 1, 2, 3].map(|slot| Request::new(SendDone { owner: AtomicPtr::default(), slot }));
+        let [s0, s1, s2, s3] = sends;
+        let sends: [Request<SendDone>; SEND_SLOTS] = [s0?, s1?, s2?, s3?];
+        let receive = Request::new(ReceiveDone { owner: AtomicPtr::default() })?;
+        let shared = Shared {
+            socket,
+            failure: Default::default(),
+            tx: SpinLock::new(Tx::new(e.sealer, config.record_size, budget, records)),
+            rx: SpinLock::new(Rx::new(e.opener, receive_buffer, e.leftover, e.early_plaintext)),
+            keys: SpinLock::new(e.kernel),
+            sends,
+            receive,
+            // SAFETY: a zeroed KEVENT is valid storage; wire_up initialises it in place.
+            drained: unsafe { core::mem::zeroed::<KEVENT>() },
+            suite: e.suite,
+            alpn: e.alpn,
+            peer_certificate_sha256: e.peer_certificate_sha256,
+        };
+        let mut shared = PoolBox::new(TAG_CHANNEL, shared)?;
+        Shared::wire_up(&mut shared);
+        let channel = Channel { shared };
+        // Records that arrived with the handshake's last flight, then the first receive.
+        channel.shared.pump_rx();
+        Ok(channel)
+    }
+}
+
+/// A buffer the handshake uses, by address: the slice for rustls, the MDL for WSK.
+struct Region {
+    base: *mut u8,
+    len: usize,
+    mdl: *mut crate::nt::MDL,
+}
+
+impl Region {
+    fn of(buffer: &PoolBuffer) -> Region {
+        Region { base: buffer.as_ptr(), len: buffer.len(), mdl: buffer.mdl() }
+    }
+
+    /// # Safety
+    /// The buffer outlives the slice and nothing else accesses its bytes meanwhile.
+    unsafe fn slice<'a>(&self) -> &'a mut [u8] {
+        // SAFETY: per the caller.
+        unsafe { core::slice::from_raw_parts_mut(self.base, self.len) }
+    }
+
+    /// The WSK_BUF for `part`, which must lie inside this buffer.
+    fn describe(&self, part: *const [u8]) -> Option<WSK_BUF> {
+        let start = (part as *const u8 as usize).checked_sub(self.base as usize)?;
+        let len = part.len();
+        let offset = u32::try_from(start).ok()?;
+        (start + len <= self.len).then_some(WSK_BUF { Mdl: self.mdl, Offset: offset, Length: len })
+    }
+}
+
+/// The handshake's transport: blocking WskSend/WskReceive on our own buffers, each bounded
+/// by what is left of the handshake deadline.
+struct HandshakeIo<'a> {
+    socket: &'a Socket,
+    incoming: Region,
+    outgoing: Region,
+    /// Interrupt time (100 ns units) when the handshake gives up.
+    deadline: u64,
+}
+
+impl HandshakeIo<'_> {
+    fn remaining_ms(&self) -> Result<u32, NTSTATUS> {
+        let now = interrupt_time_100ns();
+        if now >= self.deadline {
+            return Err(STATUS_IO_TIMEOUT);
+        }
+        Ok((((self.deadline - now) / 10_000) as u32).max(1))
+    }
+}
+
+impl Transport for HandshakeIo<'_> {
+    type Error = NTSTATUS;
+
+    fn send(&mut self, data: &[u8]) -> Result<(), NTSTATUS> {
+        let buf = self.outgoing.describe(data).ok_or(STATUS_INVALID_PARAMETER)?;
+        let timeout = self.remaining_ms()?;
+        // SAFETY: `buf` lies within our locked nonpaged buffer, which outlives the call.
+        let sent = unsafe { self.socket.transfer_and_wait(true, buf, timeout)? };
+        if sent == data.len() { Ok(()) } else { Err(crate::nt::STATUS_CONNECTION_ABORTED) }
+    }
+
+    fn receive(&mut self, into: &mut [u8]) -> Result<usize, NTSTATUS> {
+        let buf = self.incoming.describe(into).ok_or(STATUS_INVALID_PARAMETER)?;
+        let timeout = self.remaining_ms()?;
+        // SAFETY: as for send.
+        unsafe { self.socket.transfer_and_wait(false, buf, timeout) }
+    }
+}

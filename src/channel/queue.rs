@@ -1,0 +1,176 @@
+//! Consumer requests waiting in a channel: a FIFO of IRPs linked through the IRP itself, so
+//! queueing allocates nothing. While we own a consumer's IRP, its current stack location
+//! (ours, after IoSetNextIrpStackLocation) holds the request's WSK_BUF and flags, and
+//! `Tail.Overlay.DriverContext` our bookkeeping.
+
+use crate::nt::{
+    IO_NO_INCREMENT, IRP, IoCompleteRequest, IoGetCurrentIrpStackLocation, IoSetNextIrpStackLocation, MDL,
+    NTSTATUS, PVOID, WSK_BUF,
+};
+
+/// DriverContext slots.
+const NEXT: usize = 0;
+const DONE: usize = 1;
+const END: usize = 2;
+
+/// A consumer's operation (a send or receive IRP), taken over from the consumer for as long as it is queued.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Op(*mut IRP);
+
+impl Op {
+    /// Takes `irp` over as its provider: the consumer prepared the next stack location (its
+    /// completion routine), which becomes ours to use. `false` when the IRP has no stack
+    /// location left for us (the consumer allocated too few).
+    ///
+    /// # Safety
+    /// `irp` is a valid IRP the consumer hands us and does not touch until it completes.
+    pub(crate) unsafe fn take(irp: *mut IRP, buf: &WSK_BUF, flags: u32) -> Option<Op> {
+        // SAFETY: per the contract, a valid IRP that is now ours.
+        unsafe {
+            if (*irp).CurrentLocation <= 1 {
+                return None;
+            }
+            IoSetNextIrpStackLocation(irp);
+            let args = &mut (*IoGetCurrentIrpStackLocation(irp)).Parameters.Others;
+            args.Argument1 = buf.Mdl.cast();
+            args.Argument2 = buf.Offset as PVOID;
+            args.Argument3 = buf.Length as PVOID;
+            args.Argument4 = flags as usize as PVOID;
+            (*irp).Tail.Overlay.DriverContext = [core::ptr::null_mut(); 4];
+        }
+        Some(Op(irp))
+    }
+
+    fn get(&self, slot: usize) -> PVOID {
+        // SAFETY: a taken IRP is ours; its DriverContext is our bookkeeping, touched only
+        // under the lock of the queue that holds it.
+        unsafe { (*self.0).Tail.Overlay.DriverContext[slot] }
+    }
+
+    fn set(&self, slot: usize, value: PVOID) {
+        // SAFETY: as for `get`.
+        unsafe { (*self.0).Tail.Overlay.DriverContext[slot] = value };
+    }
+
+    /// The consumer's buffer.
+    pub(crate) fn buf(&self) -> WSK_BUF {
+        // SAFETY: written by `take` into our stack location.
+        let args = unsafe { &(*IoGetCurrentIrpStackLocation(self.0)).Parameters.Others };
+        WSK_BUF {
+            Mdl: args.Argument1.cast::<MDL>(),
+            Offset: args.Argument2 as usize as u32,
+            Length: args.Argument3 as usize,
+        }
+    }
+
+    pub(crate) fn flags(&self) -> u32 {
+        // SAFETY: as for `buf`.
+        unsafe { (*IoGetCurrentIrpStackLocation(self.0)).Parameters.Others.Argument4 as usize as u32 }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buf().Length
+    }
+
+    /// Bytes of the request already handled (sealed from it, or received into it).
+    pub(crate) fn done(&self) -> usize {
+        self.get(DONE) as usize
+    }
+
+    pub(crate) fn set_done(&self, n: usize) {
+        self.set(DONE, n as PVOID);
+    }
+
+    /// A stream position kept with the request (a send's last byte).
+    pub(crate) fn end(&self) -> u64 {
+        self.get(END) as usize as u64
+    }
+
+    pub(crate) fn set_end(&self, end: u64) {
+        self.set(END, end as usize as PVOID);
+    }
+
+    /// Completes the request to its consumer. Never under one of our locks: the consumer's
+    /// completion routine may call us again.
+    pub(crate) fn complete(self, status: NTSTATUS, information: usize) {
+        // SAFETY: ours until this call, never touched afterwards.
+        unsafe {
+            (*self.0).IoStatus.set(status, information);
+            IoCompleteRequest(self.0, IO_NO_INCREMENT);
+        }
+    }
+}
+
+/// A FIFO of taken requests.
+pub(crate) struct Queue {
+    head: *mut IRP,
+    tail: *mut IRP,
+}
+
+// SAFETY: the IRPs are ours while queued; the queue lives under a lock.
+unsafe impl Send for Queue {}
+
+impl Queue {
+    pub(crate) const fn new() -> Queue {
+        Queue { head: core::ptr::null_mut(), tail: core::ptr::null_mut() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    pub(crate) fn push(&mut self, request: Op) {
+        request.set(NEXT, core::ptr::null_mut());
+        if self.tail.is_null() {
+            self.head = request.0;
+        } else {
+            Op(self.tail).set(NEXT, request.0.cast());
+        }
+        self.tail = request.0;
+    }
+
+    pub(crate) fn front(&self) -> Option<Op> {
+        (!self.head.is_null()).then_some(Op(self.head))
+    }
+
+    /// The request after `request` in this queue.
+    pub(crate) fn next(&self, request: Op) -> Option<Op> {
+        let next = request.get(NEXT).cast::<IRP>();
+        (!next.is_null()).then_some(Op(next))
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Op> {
+        let front = self.front()?;
+        self.head = front.get(NEXT).cast();
+        if self.head.is_null() {
+            self.tail = core::ptr::null_mut();
+        }
+        Some(front)
+    }
+}
+
+/// Requests to complete once the lock is released, each with its status and byte count.
+pub(crate) struct Completions {
+    queue: Queue,
+}
+
+impl Completions {
+    pub(crate) const fn new() -> Completions {
+        Completions { queue: Queue::new() }
+    }
+
+    /// Records the outcome in the IRP now; the IRP completes in `complete_all`.
+    pub(crate) fn add(&mut self, request: Op, status: NTSTATUS, information: usize) {
+        // SAFETY: ours until completed; IoStatus is written once more by nobody else.
+        unsafe { (*request.0).IoStatus.set(status, information) };
+        self.queue.push(request);
+    }
+
+    /// Completes every request, in the order added. Call with no lock held.
+    pub(crate) fn complete_all(mut self) {
+        while let Some(r) = self.queue.pop() {
+            // SAFETY: the status was stored by `add`; ours until this call.
+            unsafe { IoCompleteRequest(r.0, IO_NO_INCREMENT) };
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The receive pipeline: one WskReceive at a time into the channel's nonpaged receive
+//! buffer, records opened in place there, plaintext copied into consumer receives. The
+//! buffer bounds what is kept for a consumer that is not reading: when it is full, no
+//! receive is posted and TCP's window holds the peer back.
+
+use alloc::vec::Vec;
+
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use wsktls_crypto::TrafficKey;
+
+use super::chain;
+use super::lock::SpinLock;
+use super::queue::{Completions, Op, Queue};
+use super::send::Failure;
+use crate::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL};
+use crate::tls::{Alert, ContentType, HandshakeReader, Opener, PostHandshake, TlsError, read_alert};
+
+/// Opened records whose plaintext waits for the consumer, at most. With tiny records this,
+/// not the buffer, is what stops the opening.
+const MAX_SEGMENTS: usize = 32;
+
+/// Plaintext of one opened record, still in the receive buffer.
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    start: usize,
+    len: usize,
+}
+
+/// A fixed ring of segments: no allocation on the receive path.
+struct Segments {
+    items: [Segment; MAX_SEGMENTS],
+    head: usize,
+    len: usize,
+}
+
+impl Segments {
+    fn new() -> Segments {
+        Segments { items: [Segment::default(); MAX_SEGMENTS], head: 0, len: 0 }
+    }
+    fn is_full(&self) -> bool {
+        self.len == MAX_SEGMENTS
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn push(&mut self, s: Segment) {
+        self.items[(self.head + self.len) % MAX_SEGMENTS] = s;
+        self.len += 1;
+    }
+    fn front_mut(&mut self) -> Option<&mut Segment> {
+        (self.len > 0).then(|| &mut self.items[self.head])
+    }
+    fn pop(&mut self) {
+        self.head = (self.head + 1) % MAX_SEGMENTS;
+        self.len -= 1;
+    }
+}
+
+/// How the peer's side of the stream ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum End {
+    Open,
+    /// close_notify received: receives complete with what is left, then with 0 bytes.
+    CloseNotify,
+}
+
+/// Counters the consumer may query.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ReceiveStats {
+    pub plaintext_bytes: u64,
+    pub records: u64,
+    pub key_updates: u64,
+    pub tickets: u64,
+}
+
+/// What the caller does after a pass, outside the lock.
+#[derive(Default)]
+pub(crate) struct Action {
+    /// Post this receive.
+    pub(crate) post: Option<WSK_BUF>,
+    /// The peer asked for our KeyUpdate.
+    pub(crate) owe_key_update: bool,
+}
+
+pub(crate) struct Rx {
+    opener: Opener,
+    buffer: PoolBuffer,
+    /// Received bytes are `[0, filled)`; records before `parsed` are opened.
+    parsed: usize,
+    filled: usize,
+    segments: Segments,
+    /// Application data rustls decrypted during the handshake (rare), delivered first.
+    early: Vec<u8>,
+    early_at: usize,
+    queue: Queue,
+    posted: bool,
+    /// The outcome of the last receive, not yet looked at.
+    received: Option<(NTSTATUS, usize)>,
+    pub(crate) end: End,
+    reader: HandshakeReader,
+    pumping: bool,
+    again: bool,
+    stats: ReceiveStats,
+}
+
+impl Rx {
+    /// `leftover` bytes at the buffer's start arrived after the handshake.
+    pub(crate) fn new(opener: Opener, buffer: PoolBuffer, leftover: usize, early: Vec<u8>) -> Rx {
+        Rx {
+            opener,
+            buffer,
+            parsed: 0,
+            filled: leftover,
+            segments: Segments::new(),
+            early,
+            early_at: 0,
+            queue: Queue::new(),
+            posted: false,
+            received: None,
+            end: End::Open,
+            reader: HandshakeReader::default(),
+            pumping: false,
+            again: false,
+            stats: ReceiveStats::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ReceiveStats {
+        self.stats
+    }
+
+    pub(crate) fn push(&mut self, op: Op) {
+        self.queue.push(op);
+    }
+
+    pub(crate) fn begin_pump(&mut self) -> bool {
+        if self.pumping {
+            self.again = true;
+            return false;
+        }
+        self.pumping = true;
+        true
+    }
+
+    pub(crate) fn end_pump(&mut self) -> bool {
+        if self.again {
+            self.again = false;
+            return false;
+        }
+        self.pumping = false;
+        true
+    }
+
+    pub(crate) fn receive_completed(&mut self, status: NTSTATUS, bytes: usize) {
+        self.posted = false;
+        self.received = Some((status, bytes));
+    }
+
+    /// The receive was never issued (the socket is closing).
+    pub(crate) fn receive_not_issued(&mut self) {
+        self.posted = false;
+    }
+
+    /// One pass under the lock: take in what arrived, open what is complete, deliver what
+    /// consumers asked for, and say whether to post the next receive.
+    pub(crate) fn pass(
+        &mut self,
+        failure: Option<NTSTATUS>,
+        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
+        done: &mut Completions,
+    ) -> Result<Action, Failure> {
+        if let Some(status) = failure {
+            while let Some(op) = self.queue.pop() {
+                done.add(op, status, op.done());
+            }
+            return Ok(Action::default());
+        }
+        if let Some((status, bytes)) = self.received.take() {
+            if !status.is_success() {
+                return Err(Failure::Transport(status));
+            }
+            if bytes == 0 && self.end == End::Open {
+                return Err(Failure::Tls(TlsError::Truncated));
+            }
+            self.filled += bytes;
+        }
+        let mut action = Action::default();
+        self.open_records(keys, &mut action.owe_key_update).map_err(Failure::Tls)?;
+        self.deliver(done);
+        action.post = self.next_receive();
+        Ok(action)
+    }
+
+    fn open_records(
+        &mut self,
+        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
+        owe_key_update: &mut bool,
+    ) -> Result<(), TlsError> {
+        while self.end == End::Open && !self.segments.is_full() {
+            // SAFETY: `[parsed, filled)` is received data inside the buffer; a posted
+            // receive writes only at `filled` and beyond, so nothing else touches it.
+            let window = unsafe {
+                core::slice::from_raw_parts_mut(
+                    self.buffer.as_ptr().add(self.parsed),
+                    self.filled - self.parsed,
+                )
+            };
+            let Some(opened) = self.opener.open(window)? else {
+                break;
+            };
+            let plaintext = &window[opened.plaintext.clone()];
+            match opened.content_type {
+                ContentType::ApplicationData => {
+                    if !plaintext.is_empty() {
+                        let start = self.parsed + opened.plaintext.start;
+                        self.segments.push(Segment { start, len: plaintext.len() });
+                    }
+                }
+                ContentType::Handshake => {
+                    let (opener, stats) = (&mut self.opener, &mut self.stats);
+                    self.reader.feed(plaintext, |message| match message {
+                        PostHandshake::KeyUpdate { update_requested } => {
+                            let (_, secrets) = keys.lock().update_rx_secret().map_err(TlsError::from)?;
+                            opener.rekey(TrafficKey::new(&secrets).ok_or(TlsError::Internal)?);
+                            stats.key_updates += 1;
+                            *owe_key_update |= update_requested;
+                            Ok(())
+                        }
+                        PostHandshake::NewSessionTicket(body) => {
+                            keys.lock()
+                                .handle_new_session_ticket(body)
+                                .map_err(|_| TlsError::IllegalMessage)?;
+                            stats.tickets += 1;
+                            Ok(())
+                        }
+                    })?;
+                }
+                ContentType::Alert => match read_alert(plaintext)? {
+                    Alert::CloseNotify => self.end = End::CloseNotify,
+                    Alert::Ignored => {}
+                },
+                ContentType::ChangeCipherSpec => return Err(TlsError::IllegalMessage),
+            }
+            self.stats.records += 1;
+            self.parsed += opened.consumed;
+        }
+        Ok(())
+    }
+
+    /// The next plaintext waiting for the consumer, as (pointer, length).
+    fn next_plaintext(&mut self) -> Option<(*const u8, usize)> {
+        if self.early_at < self.early.len() {
+            return Some((self.early[self.early_at..].as_ptr(), self.early.len() - self.early_at));
+        }
+        let base = self.buffer.as_ptr();
+        // SAFETY: segments lie within `[0, parsed)` of the buffer.
+        self.segments.front_mut().map(|s| (unsafe { base.add(s.start) } as *const u8, s.len))
+    }
+
+    fn consume(&mut self, n: usize) {
+        if self.early_at < self.early.len() {
+            self.early_at += n;
+            if self.early_at == self.early.len() {
+                self.early = Vec::new();
+                self.early_at = 0;
+            }
+            return;
+        }
+        if let Some(s) = self.segments.front_mut() {
+            s.start += n;
+            s.len -= n;
+            if s.len == 0 {
+                self.segments.pop();
+            }
+        }
+    }
+
+    /// Copies plaintext into waiting receives, in order, and completes those that are
+    /// satisfied: any bytes at all, or all of them with WSK_FLAG_WAITALL, or whatever is
+    /// left (possibly nothing) once the peer's close_notify is reached.
+    fn deliver(&mut self, done: &mut Completions) {
+        while let Some(op) = self.queue.front() {
+            while op.done() < op.len() {
+                let Some((p, available)) = self.next_plaintext() else {
+                    break;
+                };
+                let n = available.min(op.len() - op.done());
+                // SAFETY: `p` holds `available` bytes of plaintext (our buffer or `early`);
+                // the op's chain was checked and mapped when queued and holds `len` bytes.
+                unsafe { chain::copy_into(&op.buf(), op.done(), core::slice::from_raw_parts(p, n)) };
+                op.set_done(op.done() + n);
+                self.consume(n);
+            }
+            let waitall = op.flags() & WSK_FLAG_WAITALL != 0;
+            let drained = self.next_plaintext().is_none();
+            let satisfied = op.done() == op.len() || (op.done() > 0 && !waitall);
+            let ended = drained && self.end == End::CloseNotify;
+            if !(satisfied || ended) {
+                break;
+            }
+            self.queue.pop();
+            self.stats.plaintext_bytes += op.done() as u64;
+            done.add(op, STATUS_SUCCESS, op.done());
+        }
+    }
+
+    /// The next receive to post, if there is room and it is wanted. When every opened
+    /// record has been delivered, the partial record left (if any) moves to the front.
+    fn next_receive(&mut self) -> Option<WSK_BUF> {
+        if self.posted || self.end != End::Open {
+            return None;
+        }
+        if self.segments.is_empty() && self.parsed > 0 {
+            let base = self.buffer.as_ptr();
+            // SAFETY: within the buffer; no receive is posted, so nothing else writes it.
+            unsafe { core::ptr::copy(base.add(self.parsed), base, self.filled - self.parsed) };
+            self.filled -= self.parsed;
+            self.parsed = 0;
+        }
+        if self.filled == self.buffer.len() {
+            return None; // full: the consumer must read first
+        }
+        self.posted = true;
+        // Receive buffers are far below 4 GiB (PoolBuffer takes a u32 length).
+        let offset = self.filled as u32;
+        Some(WSK_BUF { Mdl: self.buffer.mdl(), Offset: offset, Length: self.buffer.len() - self.filled })
+    }
+}

@@ -1,0 +1,429 @@
+//! The send pipeline: consumer bytes → records sealed in place in the channel's own
+//! nonpaged buffers → one MDL chain per WskSend, never more sealed bytes in flight than
+//! the budget. A consumer's send completes when its last byte is on the wire.
+
+use alloc::vec::Vec;
+
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+use wsktls_crypto::TrafficKey;
+
+use super::chain;
+use super::lock::SpinLock;
+use super::queue::{Completions, Op, Queue};
+use crate::nt::{MDL, NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_NODELAY};
+use crate::tls::record::{ContentType, HEADER_LEN, OVERHEAD, Sealer};
+use crate::tls::{TlsError, alert, key_update};
+
+/// WskSends in flight at most: enough to keep the pipe full while one completes.
+pub(crate) const SEND_SLOTS: usize = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SlotState {
+    Idle,
+    InFlight,
+    Done { status: NTSTATUS, bytes: usize },
+}
+
+/// One WskSend: a run of consecutive records.
+#[derive(Clone, Copy)]
+struct Slot {
+    state: SlotState,
+    records: usize,
+    wire: usize,
+    /// Stream position (plaintext bytes) once this send is on the wire.
+    acked_after: u64,
+    /// This send carries our close_notify.
+    close_notify: bool,
+}
+
+const IDLE: Slot = Slot { state: SlotState::Idle, records: 0, wire: 0, acked_after: 0, close_notify: false };
+
+/// Where our close_notify is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum CloseNotify {
+    NotRequested,
+    /// Disconnect asked for it: it follows the data already queued.
+    Requested,
+    Sealed,
+    /// On the wire: nothing more will be sent.
+    Sent,
+}
+
+/// A batch ready for WskSend, made under the lock and issued outside it.
+pub(crate) struct Batch {
+    pub(crate) slot: usize,
+    pub(crate) buf: WSK_BUF,
+    pub(crate) flags: u32,
+}
+
+/// Counters the consumer may query.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct SendStats {
+    pub plaintext_bytes: u64,
+    pub records: u64,
+    pub key_updates: u64,
+    pub in_flight_bytes: usize,
+    pub peak_in_flight_bytes: usize,
+    pub budget: usize,
+}
+
+pub(crate) struct Tx {
+    sealer: Sealer,
+    record_size: usize,
+    budget: usize,
+    /// The record buffers, used strictly in ring order.
+    records: Vec<PoolBuffer>,
+    first_in_flight: usize,
+    records_in_flight: usize,
+    slots: [Slot; SEND_SLOTS],
+    /// Next slot to issue and oldest slot not yet retired (issue order).
+    next_slot: usize,
+    oldest_slot: usize,
+    /// Consumer sends not yet completed, in order.
+    queue: Queue,
+    /// The first queued send with bytes not yet sealed.
+    cursor: Option<Op>,
+    /// Stream positions in plaintext bytes: queued, sealed, and on the wire.
+    queued: u64,
+    sealed: u64,
+    acked: u64,
+    in_flight_bytes: usize,
+    /// The peer asked for a KeyUpdate in return.
+    key_update_owed: bool,
+    pub(crate) close_notify: CloseNotify,
+    /// A fatal alert to send once, after failing.
+    alert: Option<[u8; 2]>,
+    pumping: bool,
+    again: bool,
+    stats: SendStats,
+}
+
+impl Tx {
+    pub(crate) fn new(sealer: Sealer, record_size: usize, budget: usize, records: Vec<PoolBuffer>) -> Tx {
+        Tx {
+            sealer,
+            record_size,
+            budget,
+            records,
+            first_in_flight: 0,
+            records_in_flight: 0,
+            slots: [IDLE; SEND_SLOTS],
+            next_slot: 0,
+            oldest_slot: 0,
+            queue: Queue::new(),
+            cursor: None,
+            queued: 0,
+            sealed: 0,
+            acked: 0,
+            in_flight_bytes: 0,
+            key_update_owed: false,
+            close_notify: CloseNotify::NotRequested,
+            alert: None,
+            pumping: false,
+            again: false,
+            stats: SendStats { budget, ..SendStats::default() },
+        }
+    }
+
+    pub(crate) fn stats(&self) -> SendStats {
+        SendStats { in_flight_bytes: self.in_flight_bytes, ..self.stats }
+    }
+
+    /// Queues a consumer send (already checked). It completes when its last byte is sent.
+    pub(crate) fn push(&mut self, op: Op) {
+        self.queued += op.len() as u64;
+        op.set_end(self.queued);
+        self.queue.push(op);
+        // A zero-length send has nothing to seal: it completes once everything before it
+        // is on the wire.
+        if self.cursor.is_none() && op.len() > 0 {
+            self.cursor = Some(op);
+        }
+    }
+
+    pub(crate) fn owe_key_update(&mut self) {
+        self.key_update_owed = true;
+    }
+
+    pub(crate) fn request_close_notify(&mut self) {
+        if self.close_notify == CloseNotify::NotRequested {
+            self.close_notify = CloseNotify::Requested;
+        }
+    }
+
+    pub(crate) fn queue_alert(&mut self, alert: [u8; 2]) {
+        if self.alert.is_none() && self.close_notify != CloseNotify::Sent {
+            self.alert = Some(alert);
+        }
+    }
+
+    /// Everything queued is on the wire and nothing is in flight.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.queue.is_empty() && self.slots.iter().all(|s| s.state == SlotState::Idle)
+    }
+
+    /// Starts a pump pass; `false` if another is running (it will pass again for us).
+    pub(crate) fn begin_pump(&mut self) -> bool {
+        if self.pumping {
+            self.again = true;
+            return false;
+        }
+        self.pumping = true;
+        true
+    }
+
+    /// Ends the pump unless something asked for another pass meanwhile.
+    pub(crate) fn end_pump(&mut self) -> bool {
+        if self.again {
+            self.again = false;
+            return false;
+        }
+        self.pumping = false;
+        true
+    }
+
+    pub(crate) fn slot_completed(&mut self, slot: usize, status: NTSTATUS, bytes: usize) {
+        self.slots[slot].state = SlotState::Done { status, bytes };
+    }
+
+    /// The WskSend for `slot` was never issued (the socket is closing).
+    pub(crate) fn slot_not_issued(&mut self, slot: usize, status: NTSTATUS) {
+        self.slots[slot].state = SlotState::Done { status, bytes: 0 };
+    }
+
+    /// Retires finished sends in order: returns their buffers and moves `acked`. A send
+    /// that failed or came up short is the transport's failure, returned to the caller.
+    fn retire(&mut self) -> Result<(), NTSTATUS> {
+        while let SlotState::Done { status, bytes } = self.slots[self.oldest_slot].state {
+            let slot = self.slots[self.oldest_slot];
+            self.slots[self.oldest_slot] = IDLE;
+            self.oldest_slot = (self.oldest_slot + 1) % SEND_SLOTS;
+            self.first_in_flight = (self.first_in_flight + slot.records) % self.records.len();
+            self.records_in_flight -= slot.records;
+            self.in_flight_bytes -= slot.wire;
+            if !status.is_success() {
+                return Err(status);
+            }
+            if bytes != slot.wire {
+                return Err(crate::nt::STATUS_CONNECTION_ABORTED);
+            }
+            self.acked = slot.acked_after;
+            if slot.close_notify {
+                self.close_notify = CloseNotify::Sent;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes every consumer send whose last byte is on the wire.
+    fn complete_sent(&mut self, done: &mut Completions) {
+        while let Some(op) = self.queue.front() {
+            if Some(op) == self.cursor || op.end() > self.acked {
+                break;
+            }
+            self.queue.pop();
+            done.add(op, STATUS_SUCCESS, op.len());
+        }
+    }
+
+    /// Fails every consumer send still queued.
+    fn fail_all(&mut self, status: NTSTATUS, done: &mut Completions) {
+        while let Some(op) = self.queue.pop() {
+            done.add(op, status, op.done());
+        }
+        self.cursor = None;
+    }
+
+    /// One pass under the lock: retire, complete, and seal the next batch if a slot, a
+    /// buffer and the budget allow. `failure` is the channel's sticky status; a transport
+    /// or TLS failure found here is returned so the channel can fail.
+    pub(crate) fn pass(
+        &mut self,
+        failure: Option<NTSTATUS>,
+        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
+        done: &mut Completions,
+    ) -> Result<Option<Batch>, Failure> {
+        if let Err(status) = self.retire() {
+            self.fail_all(status, done);
+            return Err(Failure::Transport(status));
+        }
+        if let Some(status) = failure {
+            self.fail_all(status, done);
+            // A failing channel sends nothing but its one alert.
+            return Ok(self.alert.take().and_then(|a| self.batch_of_control(&a)));
+        }
+        self.complete_sent(done);
+        self.seal_batch(keys).map_err(Failure::Tls)
+    }
+
+    fn slot_free(&self) -> bool {
+        self.slots[self.next_slot].state == SlotState::Idle
+    }
+
+    /// Whether a record of `wire` bytes may be sealed now.
+    fn room_for(&self, wire: usize) -> bool {
+        self.records_in_flight < self.records.len() && self.in_flight_bytes + wire <= self.budget
+    }
+
+    fn seal_batch(
+        &mut self,
+        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
+    ) -> Result<Option<Batch>, TlsError> {
+        // After our close_notify nothing more may be sent (RFC 8446 §6.1).
+        if !self.slot_free() || matches!(self.close_notify, CloseNotify::Sealed | CloseNotify::Sent) {
+            return Ok(None);
+        }
+        let start = (self.first_in_flight + self.records_in_flight) % self.records.len();
+        let mut count = 0;
+        let mut wire = 0;
+        let mut flags = 0;
+        let mut close_notify = false;
+        loop {
+            let unsealed = (self.queued - self.sealed).min(self.record_size as u64) as usize;
+            let need_key_update = self.key_update_owed || self.sealer.records_left() <= 1;
+            let control = need_key_update || (unsealed == 0 && self.close_notify == CloseNotify::Requested);
+            let len = if control { 5 } else { unsealed };
+            if (len == 0 && !control) || !self.room_for(len + OVERHEAD) {
+                break;
+            }
+            let index = (start + count) % self.records.len();
+            let n = if need_key_update {
+                let n = self.seal_control(index, ContentType::Handshake, &key_update(false))?;
+                self.rekey(keys)?;
+                n
+            } else if control {
+                close_notify = true;
+                self.close_notify = CloseNotify::Sealed;
+                self.seal_control(index, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))?
+            } else {
+                let (n, nodelay) = self.seal_data(index, len)?;
+                if nodelay {
+                    flags |= WSK_FLAG_NODELAY;
+                }
+                n
+            };
+            self.link(start, count, n);
+            count += 1;
+            wire += n;
+            self.records_in_flight += 1;
+            self.in_flight_bytes += n;
+            if close_notify {
+                break;
+            }
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        self.stats.peak_in_flight_bytes = self.stats.peak_in_flight_bytes.max(self.in_flight_bytes);
+        let slot = self.next_slot;
+        self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
+        self.slots[slot] =
+            Slot { state: SlotState::InFlight, records: count, wire, acked_after: self.sealed, close_notify };
+        let buf = WSK_BUF { Mdl: self.records[start].mdl(), Offset: 0, Length: wire };
+        Ok(Some(Batch { slot, buf, flags }))
+    }
+
+    /// Seals up to `len` queued plaintext bytes, gathered across consumer sends, into
+    /// record buffer `index`. Returns the record's length and whether a send it took bytes
+    /// from asked for WSK_FLAG_NODELAY.
+    fn seal_data(&mut self, index: usize, len: usize) -> Result<(usize, bool), TlsError> {
+        let record = self.records[index].as_mut_slice();
+        let mut at = 0;
+        let mut nodelay = false;
+        while at < len {
+            let Some(op) = self.cursor else {
+                return Err(TlsError::Internal);
+            };
+            let take = (op.len() - op.done()).min(len - at);
+            let dst = &mut record[HEADER_LEN + at..HEADER_LEN + at + take];
+            // SAFETY: the op's chain was checked and mapped when it was queued, and the
+            // consumer keeps it locked until we complete it; `done + take <= len`.
+            unsafe { chain::copy_from(&op.buf(), op.done(), dst) };
+            op.set_done(op.done() + take);
+            nodelay |= op.flags() & WSK_FLAG_NODELAY != 0;
+            at += take;
+            if op.done() == op.len() {
+                self.cursor = self.queue.next(op);
+            }
+        }
+        // Zero-length sends never hold the cursor.
+        while let Some(op) = self.cursor.filter(|op| op.len() == 0) {
+            self.cursor = self.queue.next(op);
+        }
+        let n = self.sealer.seal(ContentType::ApplicationData, record, len)?;
+        self.sealed += len as u64;
+        self.stats.plaintext_bytes += len as u64;
+        self.stats.records += 1;
+        Ok((n, nodelay))
+    }
+
+    fn seal_control(
+        &mut self,
+        index: usize,
+        content_type: ContentType,
+        body: &[u8],
+    ) -> Result<usize, TlsError> {
+        let record = self.records[index].as_mut_slice();
+        record[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
+        let n = self.sealer.seal(content_type, record, body.len())?;
+        self.stats.records += 1;
+        Ok(n)
+    }
+
+    /// After sealing our KeyUpdate: the next traffic key.
+    fn rekey(&mut self, keys: &SpinLock<KernelConnection<ClientConnectionData>>) -> Result<(), TlsError> {
+        let (_, secrets) = keys.lock().update_tx_secret().map_err(TlsError::from)?;
+        let key = TrafficKey::new(&secrets).ok_or(TlsError::Internal)?;
+        self.sealer.rekey(key);
+        self.key_update_owed = false;
+        self.stats.key_updates += 1;
+        Ok(())
+    }
+
+    /// Sets record `count` of the batch starting at `start` to `len` bytes and chains it
+    /// after the previous one (NdisAdjustMdlLength's idea: the MDL describes the record,
+    /// not the whole buffer).
+    fn link(&mut self, start: usize, count: usize, len: usize) {
+        let r = self.records.len();
+        let record = &mut self.records[(start + count) % r];
+        record.set_mdl_len(len);
+        let mdl: *mut MDL = record.mdl();
+        // SAFETY: our own MDLs, none of which is in flight (they are being batched).
+        unsafe { (*mdl).Next = core::ptr::null_mut() };
+        if count > 0 {
+            let previous = self.records[(start + count - 1) % r].mdl();
+            // SAFETY: as above.
+            unsafe { (*previous).Next = mdl };
+        }
+    }
+
+    /// A batch holding one control record (a fatal alert), made even while failing.
+    fn batch_of_control(&mut self, body: &[u8; 2]) -> Option<Batch> {
+        if !self.slot_free() || !self.room_for(body.len() + OVERHEAD) {
+            return None;
+        }
+        let index = (self.first_in_flight + self.records_in_flight) % self.records.len();
+        let n = self.seal_control(index, ContentType::Alert, body).ok()?;
+        self.link(index, 0, n);
+        self.records_in_flight += 1;
+        self.in_flight_bytes += n;
+        let slot = self.next_slot;
+        self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
+        self.slots[slot] = Slot {
+            state: SlotState::InFlight,
+            records: 1,
+            wire: n,
+            acked_after: self.acked,
+            close_notify: false,
+        };
+        Some(Batch { slot, buf: WSK_BUF { Mdl: self.records[index].mdl(), Offset: 0, Length: n }, flags: 0 })
+    }
+}
+
+/// Why a pass failed the channel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Failure {
+    Transport(NTSTATUS),
+    Tls(TlsError),
+}
