@@ -44,3 +44,9 @@ impl<T> Drop for Wiped<T> {
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Overwrites `bytes` with zeros in a way the optimiser keeps: for plaintext and secrets in
+/// ordinary buffers before they are released.
+pub fn wipe(bytes: &mut [u8]) {
+    zeroize::Zeroize::zeroize(bytes);
+}

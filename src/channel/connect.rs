@@ -29,13 +29,6 @@ const TAG_HANDSHAKE: u32 = pool_tag(b"WtHs");
 /// CertificateVerify and Finished.
 const HANDSHAKE_OUT: usize = 4 * MAX_RECORD;
 
-/// Where a channel is in opening, for the status a failure reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Connecting,
-    Handshaking,
-}
-
 impl Channel {
     /// Connects to `config.remote`, authenticates the server and opens the channel.
     /// Blocks the calling thread (PASSIVE_LEVEL) for at most the connect timeout plus the
@@ -48,12 +41,9 @@ impl Channel {
         }
         let setup = config.tls.client_setup(&PLATFORM).map_err(status_of)?;
         let receive_buffer = PoolBuffer::new(config.receive_buffer.max(2 * MAX_RECORD), TAG_RECEIVE)?;
-        let mut phase = Phase::Connecting;
+        // Connecting.
         let socket = client.connect(config.remote, config.connect_timeout_ms)?;
-        phase = match phase {
-            Phase::Connecting => Phase::Handshaking,
-            p => p,
-        };
+        // Handshaking.
         let established = {
             let out = PoolBuffer::new(HANDSHAKE_OUT, TAG_HANDSHAKE)?;
             let deadline = interrupt_time_100ns() + config.handshake_timeout_ms as u64 * 10_000;
@@ -72,7 +62,6 @@ impl Channel {
             HandshakeError::Transport(status) => status,
             HandshakeError::Tls(e) => status_of(e),
         })?;
-        debug_assert_eq!(phase, Phase::Handshaking);
         let budget = config.budget(socket.ideal_send_backlog().ok());
         Self::open(socket, established, receive_buffer, config, budget)
     }

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
-use wsktls_crypto::{Platform, Suite};
+use wsktls_crypto::Suite;
 
 pub use config::{
     ChannelConfig, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DISCONNECT_TIMEOUT_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS,
@@ -164,9 +164,7 @@ impl Shared {
             let (result, drained) = {
                 let mut tx = self.tx.lock();
                 let failure = self.failure();
-                let result = PLATFORM
-                    .with_vector_state(|| tx.pass(failure, &self.keys, &mut done))
-                    .unwrap_or(Err(Failure::Tls(crate::tls::TlsError::Internal)));
+                let result = tx.pass(failure, &self.keys, &mut done, &PLATFORM);
                 (result, tx.is_drained())
             };
             // Completed while still the pump, so consumers see completions in order.
@@ -206,9 +204,7 @@ impl Shared {
             let result = {
                 let mut rx = self.rx.lock();
                 let failure = self.failure();
-                PLATFORM
-                    .with_vector_state(|| rx.pass(failure, &self.keys, &mut done))
-                    .unwrap_or(Err(Failure::Tls(crate::tls::TlsError::Internal)))
+                rx.pass(failure, &self.keys, &mut done, &PLATFORM)
             };
             done.complete_all();
             let idle = matches!(&result, Ok(action) if action.post.is_none() && !action.owe_key_update);

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
-use wsktls_crypto::TrafficKey;
+use wsktls_crypto::{Platform, TrafficKey, wipe};
 
 use super::chain;
 use super::lock::SpinLock;
@@ -68,10 +68,17 @@ pub(crate) enum End {
 /// Counters the consumer may query.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct ReceiveStats {
+    /// Plaintext delivered to consumer receives.
     pub plaintext_bytes: u64,
     pub records: u64,
     pub key_updates: u64,
     pub tickets: u64,
+    /// Bytes held in the receive buffer (records not yet opened, plaintext not yet read),
+    /// out of `buffer_capacity`: what a consumer that is not reading costs.
+    pub buffered_bytes: usize,
+    pub buffer_capacity: usize,
+    /// A WskReceive is posted: false while the buffer is full (or the stream ended).
+    pub receive_posted: bool,
 }
 
 /// What the caller does after a pass, outside the lock.
@@ -104,6 +111,13 @@ pub(crate) struct Rx {
     stats: ReceiveStats,
 }
 
+impl Drop for Rx {
+    fn drop(&mut self) {
+        // The receive buffer zeroes itself (PoolBuffer); this plaintext lives on the heap.
+        wipe(&mut self.early);
+    }
+}
+
 impl Rx {
     /// `leftover` bytes at the buffer's start arrived after the handshake.
     pub(crate) fn new(opener: Opener, buffer: PoolBuffer, leftover: usize, early: Vec<u8>) -> Rx {
@@ -127,7 +141,15 @@ impl Rx {
     }
 
     pub(crate) fn stats(&self) -> ReceiveStats {
-        self.stats
+        let unread: usize = (0..self.segments.len)
+            .map(|i| self.segments.items[(self.segments.head + i) % MAX_SEGMENTS].len)
+            .sum();
+        ReceiveStats {
+            buffered_bytes: unread + (self.filled - self.parsed),
+            buffer_capacity: self.buffer.len(),
+            receive_posted: self.posted,
+            ..self.stats
+        }
     }
 
     pub(crate) fn push(&mut self, op: Op) {
@@ -164,11 +186,14 @@ impl Rx {
 
     /// One pass under the lock: take in what arrived, open what is complete, deliver what
     /// consumers asked for, and say whether to post the next receive.
-    pub(crate) fn pass(
+    /// Opening happens inside `platform`'s vector-state guard, entered once per pass and
+    /// only when a whole record is waiting.
+    pub(crate) fn pass<P: Platform>(
         &mut self,
         failure: Option<NTSTATUS>,
         keys: &SpinLock<KernelConnection<ClientConnectionData>>,
         done: &mut Completions,
+        platform: &P,
     ) -> Result<Action, Failure> {
         if let Some(status) = failure {
             while let Some(op) = self.queue.pop() {
@@ -186,10 +211,29 @@ impl Rx {
             self.filled += bytes;
         }
         let mut action = Action::default();
-        self.open_records(keys, &mut action.owe_key_update).map_err(Failure::Tls)?;
+        if self.record_waiting() {
+            let opened = platform.with_vector_state(|| self.open_records(keys, &mut action.owe_key_update));
+            opened.map_err(|_| Failure::Tls(TlsError::Internal))?.map_err(Failure::Tls)?;
+        }
         self.deliver(done);
         action.post = self.next_receive();
         Ok(action)
+    }
+
+    /// Whether `open_records` has a record to open (or a bad header to refuse).
+    fn record_waiting(&self) -> bool {
+        if self.end != End::Open || self.segments.is_full() {
+            return false;
+        }
+        // SAFETY: `[parsed, filled)` is received data no request is writing.
+        let window = unsafe {
+            core::slice::from_raw_parts(self.buffer.as_ptr().add(self.parsed), self.filled - self.parsed)
+        };
+        match Opener::record_len(window) {
+            Ok(Some(total)) => total <= window.len(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     fn open_records(
@@ -262,6 +306,7 @@ impl Rx {
         if self.early_at < self.early.len() {
             self.early_at += n;
             if self.early_at == self.early.len() {
+                wipe(&mut self.early);
                 self.early = Vec::new();
                 self.early_at = 0;
             }

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
-use wsktls_crypto::TrafficKey;
+use wsktls_crypto::{Platform, TrafficKey};
 
 use super::chain;
 use super::lock::SpinLock;
@@ -238,11 +238,14 @@ impl Tx {
     /// One pass under the lock: retire, complete, and seal the next batch if a slot, a
     /// buffer and the budget allow. `failure` is the channel's sticky status; a transport
     /// or TLS failure found here is returned so the channel can fail.
-    pub(crate) fn pass(
+    /// Sealing happens inside `platform`'s vector-state guard, entered once per batch and
+    /// only when there is something to seal.
+    pub(crate) fn pass<P: Platform>(
         &mut self,
         failure: Option<NTSTATUS>,
         keys: &SpinLock<KernelConnection<ClientConnectionData>>,
         done: &mut Completions,
+        platform: &P,
     ) -> Result<Option<Batch>, Failure> {
         if let Err(status) = self.retire() {
             self.fail_all(status, done);
@@ -251,10 +254,29 @@ impl Tx {
         if let Some(status) = failure {
             self.fail_all(status, done);
             // A failing channel sends nothing but its one alert.
-            return Ok(self.alert.take().and_then(|a| self.batch_of_control(&a)));
+            let Some(alert) = self.alert.take() else {
+                return Ok(None);
+            };
+            return Ok(platform.with_vector_state(|| self.batch_of_control(&alert)).ok().flatten());
         }
         self.complete_sent(done);
-        self.seal_batch(keys).map_err(Failure::Tls)
+        if !self.has_work() {
+            return Ok(None);
+        }
+        let sealed = platform.with_vector_state(|| self.seal_batch(keys));
+        sealed.map_err(|_| Failure::Tls(TlsError::Internal))?.map_err(Failure::Tls)
+    }
+
+    /// Whether `seal_batch` would seal anything.
+    fn has_work(&self) -> bool {
+        let pending = self.queued > self.sealed
+            || self.key_update_owed
+            || self.sealer.records_left() <= 1
+            || self.close_notify == CloseNotify::Requested;
+        pending
+            && self.slot_free()
+            && !matches!(self.close_notify, CloseNotify::Sealed | CloseNotify::Sent)
+            && self.room_for(OVERHEAD)
     }
 
     fn slot_free(&self) -> bool {

@@ -15,6 +15,8 @@ pub enum Fault {
     Gate(Gate),
     /// XOR 0x01 into the byte at this position of the server's stream.
     FlipAt(u64),
+    /// Forward this many bytes of the server's stream, then reset the client's connection.
+    ResetAt(u64),
     /// Forward this many bytes of the server's stream, then FIN the client (and keep
     /// taking what the client sends, so its sends are not reset).
     CutAt(u64),
@@ -96,7 +98,7 @@ fn forward_faulty(mut from: TcpStream, mut to: TcpStream, fault: Fault, count: &
         let mut n = n;
         match fault {
             Fault::FlipAt(at) if (pos..pos + n as u64).contains(&at) => buf[(at - pos) as usize] ^= 0x01,
-            Fault::CutAt(at) if pos + n as u64 >= at => n = (at - pos) as usize,
+            Fault::CutAt(at) | Fault::ResetAt(at) if pos + n as u64 >= at => n = (at - pos) as usize,
             _ => {}
         }
         if to.write_all(&buf[..n]).is_err() {
@@ -104,6 +106,10 @@ fn forward_faulty(mut from: TcpStream, mut to: TcpStream, fault: Fault, count: &
         }
         pos += n as u64;
         count.store(pos, Ordering::SeqCst);
+        if matches!(fault, Fault::ResetAt(at) if pos >= at) {
+            super::reset(&to);
+            return;
+        }
         if matches!(fault, Fault::CutAt(at) if pos >= at) {
             let _ = to.shutdown(Shutdown::Write);
             // Swallow the rest of the server's stream.
