@@ -273,6 +273,15 @@ fn cng_constants() -> Vec<Constant> {
 
 /// Every NTSTATUS the crate declares. `(NTSTATUS)` makes the C side a 32-bit LONG, so a
 /// value only matches if Rust's i32 has the same sign and bits.
+/// The Schannel (SSPI) statuses the channel returns, against winerror.h: HRESULT-shaped,
+/// so the C side is cast to a 32-bit LONG like NTSTATUS.
+fn security_status_constants() -> Vec<Constant> {
+    SECURITY_STATUSES
+        .iter()
+        .map(|&(name, status)| Constant { c_expr: format!("(LONG){name}"), value: status.0.into() })
+        .collect()
+}
+
 fn status_constants() -> Vec<Constant> {
     DECLARED_STATUSES
         .iter()
@@ -483,6 +492,12 @@ fn nt_constants_match_mingw_ddk_headers() {
 #[test]
 fn xstate_masks_match_mingw_winnt_h() {
     check("xstate_masks", WINNT_HEADERS, &constant_asserts(&xstate_mask_constants()));
+}
+
+#[test]
+fn schannel_statuses_match_winerror_h() {
+    assert!(!SECURITY_STATUSES.is_empty());
+    check("security_statuses", WINNT_HEADERS, &constant_asserts(&security_status_constants()));
 }
 
 #[test]
