@@ -243,3 +243,17 @@ fn a_throttled_socket_and_a_stalled_reader_hold_sends_pending_within_the_budget(
     assert_eq!(peer.stats().bytes_received(), (SENDS * EACH) as u64, "all data arrived");
     kernel.finish();
 }
+
+#[test]
+fn verifies_ecdsa_p256_p384_rsa_pss_and_ed25519_servers() {
+    let kernel = Kernel::boot();
+    let pki = test_pki();
+    for identity in [&pki.server, &pki.server_p384, &pki.server_rsa, &pki.server_ed25519] {
+        let peer =
+            Peer::start("127.0.0.1:0".parse().unwrap(), PeerConfig::new(&identity.chain, &identity.key))
+                .expect("echo-peer");
+        echo_with(&kernel, &config(peer.addr(), "localhost"), 64 * 1024);
+        assert_eq!(peer.stats().bytes_received(), 64 * 1024, "{}", identity.cert.display());
+    }
+    kernel.finish();
+}

@@ -118,3 +118,17 @@ fn key_updates_before_a_low_confidentiality_limit_are_accepted_by_openssl() {
     assert!(info.sent.key_updates >= 3, "{info:?}");
     kernel.finish();
 }
+
+#[test]
+fn agrees_keys_with_x25519_p256_and_p384() {
+    let kernel = Kernel::boot();
+    for group in ["X25519", "P-256", "P-384"] {
+        let extra = ["-groups", group];
+        let peer = match openssl_server(test_pki(), Openssl { extra: &extra, ..Openssl::default() }) {
+            Ok(p) => p,
+            Err(skip) => return eprintln!("{skip}"),
+        };
+        echo(&kernel, &peer, Suite::Aes128Gcm, 64 * 1024, REVERSED_LINES, |_, _| {});
+    }
+    kernel.finish();
+}
