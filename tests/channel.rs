@@ -3,30 +3,15 @@
 
 mod common;
 
-use std::fs;
-use std::net::SocketAddr;
-
-use common::consumer::{ECHO, Stream};
+use common::consumer::{ECHO, Stream, channel_config};
 use common::peers::test_pki;
 use common::{STALL, client};
 use echo_peer::{Config as PeerConfig, Ending, Peer};
 use ntsim::Kernel;
 use wsktls::channel::{Channel, ChannelConfig, State};
-use wsktls::tls::TlsParams;
 use wsktls_crypto::Suite;
 
 const MIB: u64 = 1024 * 1024;
-
-/// Trust the test CA, talk to `server_name` at `addr`.
-fn config(addr: SocketAddr, server_name: &str) -> ChannelConfig {
-    let pki = test_pki();
-    let tls = TlsParams {
-        server_name: server_name.into(),
-        trust_anchors: vec![fs::read(&pki.ca.der).expect("CA DER")],
-        ..TlsParams::default()
-    };
-    ChannelConfig::new(addr, tls)
-}
 
 fn echo_peer() -> Peer {
     let pki = test_pki();
@@ -41,7 +26,7 @@ fn echo_through_echo_peer(kernel: &Kernel, suites: &[Suite], total: u64) -> wskt
     let info = {
         let _in = kernel.enter();
         let client = client();
-        let mut config = config(peer.addr(), "localhost");
+        let mut config = channel_config(peer.addr(), "localhost");
         config.tls.suites = suites.to_vec();
         let channel = Channel::connect(&client, &config).expect("connect");
         assert_eq!(channel.state(), State::Open);
@@ -93,7 +78,7 @@ fn echo_with(kernel: &Kernel, config: &ChannelConfig, total: u64) -> wsktls::cha
 fn key_updates_before_a_low_confidentiality_limit_keep_every_byte_exact() {
     let kernel = Kernel::boot();
     let peer = echo_peer();
-    let mut config = config(peer.addr(), "localhost");
+    let mut config = channel_config(peer.addr(), "localhost");
     // Test-only: a new key every 64 records instead of the suite's 2^24.
     config.key_update_after_records = Some(64);
     let info = echo_with(&kernel, &config, 16 * MIB);
@@ -110,7 +95,7 @@ fn a_key_update_the_peer_initiates_is_honoured_and_answered() {
     // The peer updates its key, and asks us to update ours, every MiB it receives.
     peer_config.key_update_every = Some(MIB);
     let peer = Peer::start("127.0.0.1:0".parse().unwrap(), peer_config).expect("echo-peer");
-    let info = echo_with(&kernel, &config(peer.addr(), "localhost"), 8 * MIB);
+    let info = echo_with(&kernel, &channel_config(peer.addr(), "localhost"), 8 * MIB);
     let initiated = peer.stats().key_updates_initiated();
     assert!(initiated >= 3, "the peer initiated {initiated}");
     assert_eq!(info.received.key_updates, initiated, "we followed every update: {info:?}");
@@ -138,7 +123,7 @@ fn mutual_tls_peer() -> Peer {
 fn mutual_tls_presents_the_client_certificate_the_peer_requires() {
     let kernel = Kernel::boot();
     let peer = mutual_tls_peer();
-    let mut config = config(peer.addr(), "localhost");
+    let mut config = channel_config(peer.addr(), "localhost");
     config.tls.client_auth = Some(client_auth());
     echo_with(&kernel, &config, MIB);
     assert_eq!(peer.stats().bytes_received(), MIB);
@@ -153,7 +138,7 @@ fn a_server_that_requires_a_client_certificate_we_lack_fails_the_channel() {
         let _in = kernel.enter();
         let client = client();
         // TLS 1.3 clients finish first: the server's refusal may arrive after connect.
-        match Channel::connect(&client, &config(peer.addr(), "localhost")) {
+        match Channel::connect(&client, &channel_config(peer.addr(), "localhost")) {
             Err(status) => assert_eq!(status, wsktls::nt::SEC_E_CERT_UNKNOWN),
             Ok(channel) => {
                 let mut stream = Stream::new(MIB, ECHO);
@@ -200,7 +185,7 @@ fn a_throttled_socket_and_a_stalled_reader_hold_sends_pending_within_the_budget(
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(proxy.addr, "localhost")).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(proxy.addr, "localhost")).expect("connect");
         gate.hold();
         let (tx, rx) = std::sync::mpsc::channel();
         let requests: Vec<(ConsumerIrp, PoolBuffer)> = (0..SENDS)
@@ -252,7 +237,7 @@ fn verifies_ecdsa_p256_p384_rsa_pss_and_ed25519_servers() {
         let peer =
             Peer::start("127.0.0.1:0".parse().unwrap(), PeerConfig::new(&identity.chain, &identity.key))
                 .expect("echo-peer");
-        echo_with(&kernel, &config(peer.addr(), "localhost"), 64 * 1024);
+        echo_with(&kernel, &channel_config(peer.addr(), "localhost"), 64 * 1024);
         assert_eq!(peer.stats().bytes_received(), 64 * 1024, "{}", identity.cert.display());
     }
     kernel.finish();

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::fs;
-use std::net::SocketAddr;
 use std::sync::mpsc;
 
-use common::consumer::{ConsumerIrp, ECHO, Stream};
+use common::consumer::{ConsumerIrp, ECHO, Stream, channel_config};
 use common::peers::test_pki;
 use common::proxy::{Fault, Proxy};
 use common::{EchoServer, STALL, TAG_TEST, client};
@@ -23,18 +21,8 @@ use wsktls::nt::{
     SEC_E_WRONG_PRINCIPAL, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_NOT_SUPPORTED,
     STATUS_WSKTLS_PIN_MISMATCH, STATUS_WSKTLS_TRUNCATED, WSK_BUF, WSK_FLAG_DRAIN, WSK_FLAG_WAITALL,
 };
-use wsktls::tls::TlsParams;
 
 const MIB: u64 = 1024 * 1024;
-
-fn config(addr: SocketAddr) -> ChannelConfig {
-    let tls = TlsParams {
-        server_name: "localhost".into(),
-        trust_anchors: vec![fs::read(&test_pki().ca.der).expect("CA DER")],
-        ..TlsParams::default()
-    };
-    ChannelConfig::new(addr, tls)
-}
 
 fn peer_with(identity: &Identity) -> Peer {
     Peer::start("127.0.0.1:0".parse().unwrap(), PeerConfig::new(&identity.chain, &identity.key))
@@ -55,7 +43,7 @@ fn connect_fails(kernel: &Kernel, config: &ChannelConfig) -> NTSTATUS {
 fn a_certificate_for_another_name_is_refused_as_wrong_principal() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().other_name);
-    assert_eq!(connect_fails(&kernel, &config(peer.addr())), SEC_E_WRONG_PRINCIPAL);
+    assert_eq!(connect_fails(&kernel, &channel_config(peer.addr(), "localhost")), SEC_E_WRONG_PRINCIPAL);
     kernel.finish();
 }
 
@@ -63,7 +51,7 @@ fn a_certificate_for_another_name_is_refused_as_wrong_principal() {
 fn a_server_name_the_certificate_does_not_carry_is_refused_as_wrong_principal() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().server);
-    let mut config = config(peer.addr());
+    let mut config = channel_config(peer.addr(), "localhost");
     config.tls.server_name = "not-localhost.example".into();
     assert_eq!(connect_fails(&kernel, &config), SEC_E_WRONG_PRINCIPAL);
     kernel.finish();
@@ -73,7 +61,7 @@ fn a_server_name_the_certificate_does_not_carry_is_refused_as_wrong_principal() 
 fn a_chain_to_an_untrusted_root_is_refused_and_the_server_is_told_why() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().untrusted);
-    assert_eq!(connect_fails(&kernel, &config(peer.addr())), SEC_E_UNTRUSTED_ROOT);
+    assert_eq!(connect_fails(&kernel, &channel_config(peer.addr(), "localhost")), SEC_E_UNTRUSTED_ROOT);
     assert!(peer.stats().wait_finished(1, STALL));
     assert_eq!(peer.stats().last_ending(), Some(echo_peer::Ending::Error));
     assert_eq!(peer.stats().last_alert_received(), Some(rustls::AlertDescription::UnknownCA));
@@ -84,7 +72,7 @@ fn a_chain_to_an_untrusted_root_is_refused_and_the_server_is_told_why() {
 fn an_expired_certificate_is_refused() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().expired);
-    assert_eq!(connect_fails(&kernel, &config(peer.addr())), SEC_E_CERT_EXPIRED);
+    assert_eq!(connect_fails(&kernel, &channel_config(peer.addr(), "localhost")), SEC_E_CERT_EXPIRED);
     kernel.finish();
 }
 
@@ -97,7 +85,7 @@ fn server_spki_pin() -> [u8; 32] {
 fn a_pin_that_does_not_match_the_server_key_is_refused_after_a_valid_chain() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().server);
-    let mut config = config(peer.addr());
+    let mut config = channel_config(peer.addr(), "localhost");
     let mut pin = server_spki_pin();
     pin[0] ^= 1;
     config.tls.pin_sha256 = Some(pin);
@@ -112,7 +100,7 @@ fn a_pin_that_matches_the_server_key_connects() {
     {
         let _in = kernel.enter();
         let client = client();
-        let mut config = config(peer.addr());
+        let mut config = channel_config(peer.addr(), "localhost");
         config.tls.pin_sha256 = Some(server_spki_pin());
         let channel = Channel::connect(&client, &config).expect("a matching pin connects");
         let mut stream = Stream::new(64 * 1024, ECHO);
@@ -128,7 +116,7 @@ fn a_connect_that_is_never_answered_times_out() {
     let faults = Faults { connect_never_answers: true, ..Faults::default() };
     let kernel = Kernel::boot_with(Config { faults, ..Config::default() });
     let peer = peer_with(&test_pki().server);
-    let mut config = config(peer.addr());
+    let mut config = channel_config(peer.addr(), "localhost");
     config.connect_timeout_ms = 300;
     assert_eq!(connect_fails(&kernel, &config), STATUS_IO_TIMEOUT);
     kernel.finish();
@@ -138,7 +126,7 @@ fn a_connect_that_is_never_answered_times_out() {
 fn a_handshake_the_server_never_answers_times_out() {
     let kernel = Kernel::boot();
     let silent = EchoServer::silent();
-    let mut config = config(silent.addr);
+    let mut config = channel_config(silent.addr, "localhost");
     config.handshake_timeout_ms = 300;
     assert_eq!(connect_fails(&kernel, &config), STATUS_IO_TIMEOUT);
     kernel.finish();
@@ -169,7 +157,7 @@ fn fails_sticky(fault: Fault, expected: NTSTATUS, limit: u64) {
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(proxy.addr)).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(proxy.addr, "localhost")).expect("connect");
         let mut stream = Stream::new(4 * MIB, ECHO);
         // Requests queued before the fault complete with its status; any issued after it
         // are refused with STATUS_FILE_FORCED_CLOSED. Nothing else.
@@ -206,7 +194,7 @@ fn flags_other_than_nodelay_for_sends_and_waitall_for_receives_are_not_supported
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(peer.addr())).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(peer.addr(), "localhost")).expect("connect");
         // (WSK_FLAG_NODELAY and WSK_FLAG_WAITALL share a value, for different calls.)
         for flags in [WSK_FLAG_DRAIN, 0x8000] {
             assert_eq!(one_request(&channel, true, flags), (STATUS_NOT_SUPPORTED, STATUS_NOT_SUPPORTED));
@@ -227,7 +215,7 @@ fn every_receive_queued_at_a_tampered_record_completes_with_its_status() {
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(proxy.addr)).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(proxy.addr, "localhost")).expect("connect");
         let (tx, rx) = mpsc::channel();
         // Three receives that all 100 KiB cannot satisfy: WAITALL for 1 MiB each.
         let receives: Vec<(ConsumerIrp, PoolBuffer)> = (0..3)

@@ -5,17 +5,15 @@
 
 mod common;
 
-use std::fs;
 use std::net::SocketAddr;
 
-use common::consumer::{ECHO, LINE, LINES, REVERSED_LINES, Shape, Stream};
+use common::consumer::{ECHO, LINE, LINES, REVERSED_LINES, Shape, Stream, channel_config};
 use common::peers::{
     Openssl, PeerProcess, Skip, Suite as PeerSuite, gnutls_server, openssl_server, socat_server, test_pki,
 };
 use common::{STALL, client};
 use ntsim::Kernel;
 use wsktls::channel::{Channel, ChannelConfig, State};
-use wsktls::tls::TlsParams;
 use wsktls_crypto::Suite;
 
 const MIB: u64 = 1024 * 1024;
@@ -27,13 +25,9 @@ const SUITES: [(Suite, PeerSuite); 3] = [
 ];
 
 fn config(addr: SocketAddr, suite: Suite) -> ChannelConfig {
-    let tls = TlsParams {
-        server_name: "localhost".into(),
-        trust_anchors: vec![fs::read(&test_pki().ca.der).expect("CA DER")],
-        suites: vec![suite],
-        ..TlsParams::default()
-    };
-    ChannelConfig::new(addr, tls)
+    let mut config = channel_config(addr, "localhost");
+    config.tls.suites = vec![suite];
+    config
 }
 
 /// Echoes `total` bytes of `shape` through `peer` with `suite`, then closes both ways.

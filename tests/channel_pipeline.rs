@@ -4,34 +4,23 @@
 
 mod common;
 
-use std::fs;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::consumer::{ConsumerIrp, ECHO, Stream};
+use common::consumer::{ConsumerIrp, ECHO, Stream, channel_config};
 use common::peers::test_pki;
 use common::proxy::{Fault, Proxy};
 use common::{Done, STALL, TAG_TEST, client};
 use echo_peer::{Config as PeerConfig, Mode, Peer};
 use ntsim::{Config, Faults, Kernel};
-use wsktls::channel::{Channel, ChannelConfig, State};
+use wsktls::channel::{Channel, State};
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED,
     STATUS_INVALID_DEVICE_STATE, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL,
 };
-use wsktls::tls::TlsParams;
 
 const MIB: u64 = 1024 * 1024;
-
-fn config(addr: SocketAddr) -> ChannelConfig {
-    let tls = TlsParams {
-        server_name: "localhost".into(),
-        trust_anchors: vec![fs::read(&test_pki().ca.der).expect("CA DER")],
-        ..TlsParams::default()
-    };
-    ChannelConfig::new(addr, tls)
-}
 
 fn peer(mode: Mode) -> Peer {
     let pki = test_pki();
@@ -73,7 +62,7 @@ fn echoes_32_mib_when_every_request_pends_completes_late_split_or_inline_at_disp
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(peer.addr())).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(peer.addr(), "localhost")).expect("connect");
         let mut stream = Stream::new(32 * MIB, ECHO);
         stream.run(&channel, STALL).unwrap_or_else(|e| panic!("{e} (seed {})", kernel.seed()));
         channel.disconnect(5_000).expect("disconnect");
@@ -92,7 +81,7 @@ fn bulk_crypto_saves_the_extended_state_once_per_batch_not_per_record() {
     let records = {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(peer.addr())).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(peer.addr(), "localhost")).expect("connect");
         let before = kernel.stats().xstate_saves;
         let mut stream = Stream::new(16 * MIB, ECHO);
         stream.run(&channel, STALL).expect("echo");
@@ -115,7 +104,7 @@ fn bulk_crypto_saves_the_extended_state_once_per_batch_not_per_record() {
 fn transport_fails(kernel: &Kernel, addr: SocketAddr, expected: NTSTATUS, during: impl FnOnce()) {
     let _in = kernel.enter();
     let client = client();
-    let channel = Channel::connect(&client, &config(addr)).expect("connect");
+    let channel = Channel::connect(&client, &channel_config(addr, "localhost")).expect("connect");
     let mut stream = Stream::new(64 * MIB, ECHO);
     during();
     let err = stream.run(&channel, STALL).expect_err("the transport fails");
@@ -155,7 +144,8 @@ fn a_consumer_that_stops_reading_holds_a_bounded_buffer_and_no_receive_is_posted
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(source.addr())).expect("connect");
+        let channel =
+            Channel::connect(&client, &channel_config(source.addr(), "localhost")).expect("connect");
         // Nobody reads: the receive buffer fills, and then no receive is posted.
         let mut full = None;
         for _ in 0..200 {
@@ -193,7 +183,7 @@ fn close_completes_pending_requests_as_cancelled_and_leaves_nothing() {
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(sink.addr())).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(sink.addr(), "localhost")).expect("connect");
         let (tx, rx) = mpsc::channel();
         let receives: Vec<One> = (0..3).map(|i| One::new(i, &tx, 4096)).collect();
         for r in &receives {
@@ -215,7 +205,7 @@ fn after_close_notify_both_ways_receives_complete_with_zero_bytes_and_sends_are_
     {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &config(echo.addr())).expect("connect");
+        let channel = Channel::connect(&client, &channel_config(echo.addr(), "localhost")).expect("connect");
         let (tx, rx) = mpsc::channel();
         let send = One::new(0, &tx, 1000);
         assert_eq!(send.send(&channel), STATUS_PENDING);

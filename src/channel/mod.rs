@@ -15,6 +15,7 @@ mod chain;
 mod config;
 mod connect;
 mod lock;
+mod pump;
 mod queue;
 mod receive;
 mod send;
@@ -156,7 +157,7 @@ impl Shared {
     /// Runs the send pipeline until it has nothing to do. Only one thread pumps at a time;
     /// a call that finds the pump running asks it for another pass and returns.
     fn pump_tx(&self) {
-        if !self.tx.lock().begin_pump() {
+        if !self.tx.lock().pump.begin() {
             return;
         }
         loop {
@@ -178,7 +179,7 @@ impl Shared {
             if drained {
                 self.signal_drained();
             }
-            if idle && self.tx.lock().end_pump() {
+            if idle && self.tx.lock().pump.end() {
                 return;
             }
         }
@@ -196,7 +197,7 @@ impl Shared {
 
     /// Runs the receive pipeline until it has nothing to do (same discipline as TX).
     fn pump_rx(&self) {
-        if !self.rx.lock().begin_pump() {
+        if !self.rx.lock().pump.begin() {
             return;
         }
         loop {
@@ -225,7 +226,7 @@ impl Shared {
                 }
                 Err(failure) => self.fail(failure),
             }
-            if idle && self.rx.lock().end_pump() {
+            if idle && self.rx.lock().pump.end() {
                 return;
             }
         }

@@ -11,6 +11,7 @@ use wsktls_crypto::{Platform, TrafficKey, wipe};
 
 use super::chain;
 use super::lock::SpinLock;
+use super::pump::Pump;
 use super::queue::{Completions, Op, Queue};
 use super::send::Failure;
 use crate::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL};
@@ -106,8 +107,7 @@ pub(crate) struct Rx {
     received: Option<(NTSTATUS, usize)>,
     pub(crate) end: End,
     reader: HandshakeReader,
-    pumping: bool,
-    again: bool,
+    pub(crate) pump: Pump,
     stats: ReceiveStats,
 }
 
@@ -134,8 +134,7 @@ impl Rx {
             received: None,
             end: End::Open,
             reader: HandshakeReader::default(),
-            pumping: false,
-            again: false,
+            pump: Pump::default(),
             stats: ReceiveStats::default(),
         }
     }
@@ -154,24 +153,6 @@ impl Rx {
 
     pub(crate) fn push(&mut self, op: Op) {
         self.queue.push(op);
-    }
-
-    pub(crate) fn begin_pump(&mut self) -> bool {
-        if self.pumping {
-            self.again = true;
-            return false;
-        }
-        self.pumping = true;
-        true
-    }
-
-    pub(crate) fn end_pump(&mut self) -> bool {
-        if self.again {
-            self.again = false;
-            return false;
-        }
-        self.pumping = false;
-        true
     }
 
     pub(crate) fn receive_completed(&mut self, status: NTSTATUS, bytes: usize) {

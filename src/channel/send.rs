@@ -10,6 +10,7 @@ use wsktls_crypto::{Platform, TrafficKey};
 
 use super::chain;
 use super::lock::SpinLock;
+use super::pump::Pump;
 use super::queue::{Completions, Op, Queue};
 use crate::nt::{MDL, NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_NODELAY};
 use crate::tls::record::{ContentType, HEADER_LEN, OVERHEAD, Sealer};
@@ -94,8 +95,7 @@ pub(crate) struct Tx {
     pub(crate) close_notify: CloseNotify,
     /// A fatal alert to send once, after failing.
     alert: Option<[u8; 2]>,
-    pumping: bool,
-    again: bool,
+    pub(crate) pump: Pump,
     stats: SendStats,
 }
 
@@ -120,8 +120,7 @@ impl Tx {
             key_update_owed: false,
             close_notify: CloseNotify::NotRequested,
             alert: None,
-            pumping: false,
-            again: false,
+            pump: Pump::default(),
             stats: SendStats { budget, ..SendStats::default() },
         }
     }
@@ -161,26 +160,6 @@ impl Tx {
     /// Everything queued is on the wire and nothing is in flight.
     pub(crate) fn is_drained(&self) -> bool {
         self.queue.is_empty() && self.slots.iter().all(|s| s.state == SlotState::Idle)
-    }
-
-    /// Starts a pump pass; `false` if another is running (it will pass again for us).
-    pub(crate) fn begin_pump(&mut self) -> bool {
-        if self.pumping {
-            self.again = true;
-            return false;
-        }
-        self.pumping = true;
-        true
-    }
-
-    /// Ends the pump unless something asked for another pass meanwhile.
-    pub(crate) fn end_pump(&mut self) -> bool {
-        if self.again {
-            self.again = false;
-            return false;
-        }
-        self.pumping = false;
-        true
     }
 
     pub(crate) fn slot_completed(&mut self, slot: usize, status: NTSTATUS, bytes: usize) {

@@ -8,13 +8,24 @@ use std::ffi::c_void;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
-use super::{Done, TAG_TEST};
-use wsktls::channel::Channel;
+use super::{Chain, Done};
+use std::net::SocketAddr;
+use wsktls::channel::{Channel, ChannelConfig};
 use wsktls::nt::{
     DEVICE_OBJECT, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine, NTSTATUS,
-    PoolBuffer, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING, STATUS_SUCCESS, STATUS_UNSUCCESSFUL,
-    WSK_BUF,
+    STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING, STATUS_SUCCESS, STATUS_UNSUCCESSFUL, WSK_BUF,
 };
+use wsktls::tls::TlsParams;
+
+/// A channel to `server_name` at `addr` that trusts the test CA, with defaults otherwise.
+pub fn channel_config(addr: SocketAddr, server_name: &str) -> ChannelConfig {
+    let tls = TlsParams {
+        server_name: server_name.into(),
+        trust_anchors: vec![std::fs::read(&super::peers::test_pki().ca.der).expect("CA DER")],
+        ..TlsParams::default()
+    };
+    ChannelConfig::new(addr, tls)
+}
 
 /// A consumer-owned IRP whose completion reports `Done { id, .. }` to the test.
 pub struct ConsumerIrp {
@@ -101,56 +112,33 @@ pub const REVERSED_LINES: Shape = Shape { send: line_byte, expect: reversed_line
 /// One buffer of the engine: its IRP and its chain of pool buffers.
 struct Buf {
     irp: ConsumerIrp,
-    buffers: Vec<PoolBuffer>,
-    offset: u32,
+    chain: Chain,
     busy: bool,
     stream_pos: u64,
     length: usize,
 }
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        // Freeing an IRP the channel still holds would be the consumer's use-after-free.
-        if self.outstanding() > 0 && !std::thread::panicking() {
-            panic!(
-                "{} requests still outstanding: close the channel before dropping the stream",
-                self.outstanding()
-            );
-        }
-    }
-}
-
 impl Buf {
     fn new(id: usize, tx: &Sender<Done>, sizes: &[usize], offset: u32) -> Buf {
-        let buffers = sizes.iter().map(|&n| PoolBuffer::new(n, TAG_TEST).expect("pool buffer")).collect();
-        Buf { irp: ConsumerIrp::new(id, tx), buffers, offset, busy: false, stream_pos: 0, length: 0 }
+        Buf {
+            irp: ConsumerIrp::new(id, tx),
+            chain: Chain::new(sizes, offset, 0),
+            busy: false,
+            stream_pos: 0,
+            length: 0,
+        }
     }
 
     fn capacity(&self) -> usize {
-        self.buffers.iter().map(|b| b.len()).sum::<usize>() - self.offset as usize
+        self.chain.capacity()
     }
 
     fn wsk_buf(&self, length: usize) -> WSK_BUF {
-        let refs: Vec<&PoolBuffer> = self.buffers.iter().collect();
-        // SAFETY: idle: no request carries these MDLs.
-        let mdl = unsafe { PoolBuffer::chain(&refs) };
-        WSK_BUF { Mdl: mdl, Offset: self.offset, Length: length }
+        self.chain.wsk_buf(length)
     }
 
-    fn for_each(&mut self, length: usize, mut f: impl FnMut(u64, &mut u8)) {
-        let mut skip = self.offset as usize;
-        let mut left = length;
-        let mut pos = self.stream_pos;
-        for b in &mut self.buffers {
-            let bytes = b.as_mut_slice();
-            let start = skip.min(bytes.len());
-            skip -= start;
-            for byte in bytes[start..].iter_mut().take(left) {
-                f(pos, byte);
-                pos += 1;
-                left -= 1;
-            }
-        }
+    fn for_each(&mut self, length: usize, f: impl FnMut(u64, &mut u8)) {
+        self.chain.for_each(self.stream_pos, length, f)
     }
 }
 

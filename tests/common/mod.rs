@@ -207,46 +207,38 @@ pub fn request(id: usize, tx: &Sender<Done>) -> Request<Notify> {
     Request::new(Notify { id, tx: tx.clone() }).expect("request")
 }
 
-/// A request with its own chain of pool buffers, and where its bytes sit in the stream.
-pub struct Slot {
-    pub request: Request<Notify>,
+/// A chain of pool buffers as a consumer hands it over: data from `offset` in the first
+/// buffer, `tail` bytes unused at the end (WSK_BUF's Offset, and a Length shorter than the
+/// chain).
+pub struct Chain {
     pub buffers: Vec<PoolBuffer>,
-    /// Where the data starts in the first buffer, and how many chain bytes are left unused
-    /// at the end: both exercise WSK_BUF's Offset and a Length shorter than the chain.
     pub offset: u32,
     pub tail: usize,
-    pub busy: bool,
-    /// A receive that completed before one posted earlier: booked once those are.
-    pub arrived: Option<Done>,
-    pub stream_pos: u64,
-    pub length: usize,
 }
 
-impl Slot {
-    pub fn new(id: usize, tx: &Sender<Done>, sizes: &[usize], offset: u32, tail: usize) -> Slot {
-        assert!(sizes.len() >= 4, "the transfer tests send chains of at least four MDLs");
+impl Chain {
+    pub fn new(sizes: &[usize], offset: u32, tail: usize) -> Chain {
         let buffers = sizes.iter().map(|&n| PoolBuffer::new(n, TAG_TEST).expect("pool buffer")).collect();
-        let request = request(id, tx);
-        Slot { request, buffers, offset, tail, busy: false, arrived: None, stream_pos: 0, length: 0 }
+        Chain { buffers, offset, tail }
     }
 
     pub fn capacity(&self) -> usize {
         self.buffers.iter().map(|b| b.len()).sum::<usize>() - self.offset as usize - self.tail
     }
 
-    /// The WSK_BUF for `length` bytes of this slot's chain.
+    /// The WSK_BUF for `length` bytes of the chain. The chain must be idle.
     pub fn wsk_buf(&self, length: usize) -> WSK_BUF {
         let refs: Vec<&PoolBuffer> = self.buffers.iter().collect();
-        // SAFETY: the slot is idle, so no request carries these MDLs.
+        // SAFETY: idle, per the caller: no request carries these MDLs.
         let mdl = unsafe { PoolBuffer::chain(&refs) };
         WSK_BUF { Mdl: mdl, Offset: self.offset, Length: length }
     }
 
-    /// Calls `f(pos, byte)` for each byte of `length` bytes of data in the chain.
-    fn for_each(&mut self, length: usize, mut f: impl FnMut(u64, &mut u8)) {
+    /// Calls `f(pos, byte)` for each of `length` data bytes, numbered from `stream_pos`.
+    pub fn for_each(&mut self, stream_pos: u64, length: usize, mut f: impl FnMut(u64, &mut u8)) {
         let mut skip = self.offset as usize;
         let mut left = length;
-        let mut pos = self.stream_pos;
+        let mut pos = stream_pos;
         for b in &mut self.buffers {
             let bytes = b.as_mut_slice();
             let start = skip.min(bytes.len());
@@ -260,6 +252,38 @@ impl Slot {
                 break;
             }
         }
+    }
+}
+
+/// A request with its own chain of pool buffers, and where its bytes sit in the stream.
+pub struct Slot {
+    pub request: Request<Notify>,
+    pub chain: Chain,
+    pub busy: bool,
+    /// A receive that completed before one posted earlier: booked once those are.
+    pub arrived: Option<Done>,
+    pub stream_pos: u64,
+    pub length: usize,
+}
+
+impl Slot {
+    pub fn new(id: usize, tx: &Sender<Done>, sizes: &[usize], offset: u32, tail: usize) -> Slot {
+        assert!(sizes.len() >= 4, "the transfer tests send chains of at least four MDLs");
+        let chain = Chain::new(sizes, offset, tail);
+        Slot { request: request(id, tx), chain, busy: false, arrived: None, stream_pos: 0, length: 0 }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.chain.capacity()
+    }
+
+    /// The WSK_BUF for `length` bytes of this slot's chain.
+    pub fn wsk_buf(&self, length: usize) -> WSK_BUF {
+        self.chain.wsk_buf(length)
+    }
+
+    fn for_each(&mut self, length: usize, f: impl FnMut(u64, &mut u8)) {
+        self.chain.for_each(self.stream_pos, length, f)
     }
 
     pub fn fill(&mut self, stream_pos: u64, length: usize) {
