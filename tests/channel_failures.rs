@@ -207,7 +207,7 @@ fn flags_other_than_nodelay_for_sends_and_waitall_for_receives_are_not_supported
 }
 
 #[test]
-fn every_receive_queued_at_a_tampered_record_completes_with_its_status() {
+fn every_receive_queued_at_a_tampered_record_completes_with_its_status_and_the_peer_hears_bad_record_mac() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().server);
     // The tampered byte lies well inside the echoed data.
@@ -245,6 +245,9 @@ fn every_receive_queued_at_a_tampered_record_completes_with_its_status() {
             assert_eq!(d.status, SEC_E_MESSAGE_ALTERED, "{d:?}");
             assert!(d.bytes < 64 * 1024, "only bytes from before the fault: {d:?}");
         }
+        // The peer is told why (through the proxy, which forwards our side untouched).
+        assert!(peer.stats().wait_finished(1, STALL));
+        assert_eq!(peer.stats().last_alert_received(), Some(rustls::AlertDescription::BadRecordMac));
         channel.close();
         drop(send_irp);
     }

@@ -228,3 +228,74 @@ fn after_close_notify_both_ways_receives_complete_with_zero_bytes_and_sends_are_
     }
     kernel.finish();
 }
+
+/// A TLS server that, once the handshake is done, sends `records` records of `size` bytes
+/// (byte i of the stream is `i as u8`), then close_notify, then a FIN, and reads nothing.
+fn tiny_records_server(records: usize, size: usize) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::Write;
+    let pki = test_pki();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&pki.server.chain).expect("chain").map(|c| c.expect("cert")).collect();
+    let key = PrivateKeyDer::from_pem_file(&pki.server.key).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut tcp, _)) = listener.accept() else { return };
+        let mut conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).expect("server");
+        while conn.is_handshaking() {
+            if conn.complete_io(&mut tcp).is_err() {
+                return;
+            }
+        }
+        for r in 0..records {
+            let bytes: Vec<u8> = (0..size).map(|i| (r * size + i) as u8).collect();
+            // One write, one record.
+            let _ = conn.writer().write_all(&bytes);
+        }
+        conn.send_close_notify();
+        while conn.wants_write() {
+            if conn.write_tls(&mut tcp).is_err() {
+                return;
+            }
+        }
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        // Stay until the client is done, so our socket's end is a FIN, not a reset.
+        let _ = std::io::Read::read_to_end(&mut tcp, &mut Vec::new());
+    });
+    addr
+}
+
+#[test]
+fn close_notify_behind_unread_records_is_a_clean_end_not_a_truncation() {
+    let kernel = Kernel::boot();
+    // More records than the channel keeps opened for a consumer that is not reading.
+    let addr = tiny_records_server(40, 10);
+    {
+        let _in = kernel.enter();
+        let client = client();
+        let channel = Channel::connect(&client, &channel_config(addr, "localhost")).expect("connect");
+        // Let every record, the close_notify and the FIN arrive before anyone reads.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(channel.state(), State::Open);
+        let (tx, rx) = mpsc::channel();
+        // One WAITALL receive for all of it: opening must go on as delivering makes room.
+        let all = One::new(0, &tx, 400);
+        assert_eq!(all.receive(&channel, WSK_FLAG_WAITALL), STATUS_PENDING);
+        let d = rx.recv_timeout(STALL).expect("the receive completes");
+        assert_eq!((d.status, d.bytes), (STATUS_SUCCESS, 400));
+        assert!(all.buffer.as_slice().iter().enumerate().all(|(i, &b)| b == i as u8), "in order");
+        assert_eq!(all.receive(&channel, 0), STATUS_PENDING);
+        let d = rx.recv_timeout(STALL).expect("completion");
+        assert_eq!((d.status, d.bytes), (STATUS_SUCCESS, 0), "then the end of the stream");
+        channel.close();
+    }
+    kernel.finish();
+}

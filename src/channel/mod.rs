@@ -162,19 +162,20 @@ impl Shared {
         }
         loop {
             let mut done = Completions::new();
-            let (result, drained) = {
+            let (pass, drained) = {
                 let mut tx = self.tx.lock();
                 let failure = self.failure();
-                let result = tx.pass(failure, &self.keys, &mut done, &PLATFORM);
-                (result, tx.is_drained())
+                let pass = tx.pass(failure, &self.keys, &mut done, &PLATFORM);
+                (pass, tx.is_drained())
             };
             // Completed while still the pump, so consumers see completions in order.
             done.complete_all();
-            let idle = !matches!(result, Ok(Some(_)));
-            match result {
-                Ok(Some(batch)) => self.issue_send(batch),
-                Ok(None) => {}
-                Err(failure) => self.fail(failure),
+            let idle = pass.batch.is_none();
+            if let Some(batch) = pass.batch {
+                self.issue_send(batch);
+            }
+            if let Some(failure) = pass.failure {
+                self.fail(failure);
             }
             if drained {
                 self.signal_drained();

@@ -14,7 +14,9 @@ use super::lock::SpinLock;
 use super::pump::Pump;
 use super::queue::{Completions, Op, Queue};
 use super::send::Failure;
-use crate::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL};
+use crate::nt::{
+    NTSTATUS, PoolBuffer, STATUS_INVALID_BUFFER_SIZE, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL,
+};
 use crate::tls::{Alert, ContentType, HandshakeReader, Opener, PostHandshake, TlsError, read_alert};
 
 /// Opened records whose plaintext waits for the consumer, at most. With tiny records this,
@@ -105,6 +107,8 @@ pub(crate) struct Rx {
     posted: bool,
     /// The outcome of the last receive, not yet looked at.
     received: Option<(NTSTATUS, usize)>,
+    /// The transport delivered its end (a zero-byte receive).
+    fin: bool,
     pub(crate) end: End,
     reader: HandshakeReader,
     pub(crate) pump: Pump,
@@ -132,6 +136,7 @@ impl Rx {
             queue: Queue::new(),
             posted: false,
             received: None,
+            fin: false,
             end: End::Open,
             reader: HandshakeReader::default(),
             pump: Pump::default(),
@@ -186,35 +191,60 @@ impl Rx {
             if !status.is_success() {
                 return Err(Failure::Transport(status));
             }
-            if bytes == 0 && self.end == End::Open {
-                return Err(Failure::Tls(TlsError::Truncated));
+            // A provider that claims more than the room it was given is not believed.
+            if bytes > self.buffer.len() - self.filled {
+                return Err(Failure::Transport(STATUS_INVALID_BUFFER_SIZE));
             }
             self.filled += bytes;
+            // The peer's FIN. Whether it cut the stream short is known only once every
+            // record that arrived before it has been opened: its close_notify may be among
+            // them, behind plaintext the consumer has not read yet.
+            self.fin |= bytes == 0;
         }
         let mut action = Action::default();
-        if self.record_waiting() {
-            let opened = platform.with_vector_state(|| self.open_records(keys, &mut action.owe_key_update));
-            opened.map_err(|_| Failure::Tls(TlsError::Internal))?.map_err(Failure::Tls)?;
+        // Delivering can make room for more opened records (a consumer waiting on them),
+        // so open and deliver until neither moves.
+        // Each round opens at least one record, so this ends.
+        loop {
+            if self.record_waiting() {
+                let opened =
+                    platform.with_vector_state(|| self.open_records(keys, &mut action.owe_key_update));
+                opened.map_err(|_| Failure::Tls(TlsError::Internal))?.map_err(Failure::Tls)?;
+            }
+            self.deliver(done);
+            if !self.record_waiting() {
+                break;
+            }
         }
-        self.deliver(done);
+        if self.fin && self.end == End::Open && !self.complete_record_buffered() {
+            return Err(Failure::Tls(TlsError::Truncated));
+        }
         action.post = self.next_receive();
         Ok(action)
     }
 
-    /// Whether `open_records` has a record to open (or a bad header to refuse).
-    fn record_waiting(&self) -> bool {
-        if self.end != End::Open || self.segments.is_full() {
-            return false;
-        }
-        // SAFETY: `[parsed, filled)` is received data no request is writing.
-        let window = unsafe {
-            core::slice::from_raw_parts(self.buffer.as_ptr().add(self.parsed), self.filled - self.parsed)
-        };
-        match Opener::record_len(window) {
-            Ok(Some(total)) => total <= window.len(),
+    /// Whether a whole record (or a bad header) is in the buffer, opened or not yet: what
+    /// the peer sent before its FIN.
+    fn complete_record_buffered(&self) -> bool {
+        match Opener::record_len(self.unopened()) {
+            Ok(Some(total)) => total <= self.filled - self.parsed,
             Ok(None) => false,
             Err(_) => true,
         }
+    }
+
+    /// The received bytes not yet opened.
+    fn unopened(&self) -> &[u8] {
+        // SAFETY: `[parsed, filled)` is received data inside the buffer; a posted receive
+        // writes only at `filled` and beyond.
+        unsafe {
+            core::slice::from_raw_parts(self.buffer.as_ptr().add(self.parsed), self.filled - self.parsed)
+        }
+    }
+
+    /// Whether `open_records` has a record to open (or a bad header to refuse).
+    fn record_waiting(&self) -> bool {
+        self.end == End::Open && !self.segments.is_full() && self.complete_record_buffered()
     }
 
     fn open_records(
@@ -334,7 +364,7 @@ impl Rx {
     /// The next receive to post, if there is room and it is wanted. When every opened
     /// record has been delivered, the partial record left (if any) moves to the front.
     fn next_receive(&mut self) -> Option<WSK_BUF> {
-        if self.posted || self.end != End::Open {
+        if self.posted || self.fin || self.end != End::Open {
             return None;
         }
         if self.segments.is_empty() && self.parsed > 0 {

@@ -16,6 +16,10 @@ use crate::nt::{MDL, NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_NOD
 use crate::tls::record::{ContentType, HEADER_LEN, OVERHEAD, Sealer};
 use crate::tls::{TlsError, alert, key_update};
 
+/// Plaintext bytes of the control records we send.
+const KEY_UPDATE_LEN: usize = 5;
+const ALERT_LEN: usize = 2;
+
 /// WskSends in flight at most: enough to keep the pipe full while one completes.
 pub(crate) const SEND_SLOTS: usize = 4;
 
@@ -152,7 +156,8 @@ impl Tx {
     }
 
     pub(crate) fn queue_alert(&mut self, alert: [u8; 2]) {
-        if self.alert.is_none() && self.close_notify != CloseNotify::Sent {
+        // Nothing may follow our close_notify (RFC 8446 §6.1).
+        if self.alert.is_none() && !matches!(self.close_notify, CloseNotify::Sealed | CloseNotify::Sent) {
             self.alert = Some(alert);
         }
     }
@@ -214,36 +219,33 @@ impl Tx {
         self.cursor = None;
     }
 
-    /// One pass under the lock: retire, complete, and seal the next batch if a slot, a
-    /// buffer and the budget allow. `failure` is the channel's sticky status; a transport
-    /// or TLS failure found here is returned so the channel can fail.
-    /// Sealing happens inside `platform`'s vector-state guard, entered once per batch and
-    /// only when there is something to seal.
+    /// One pass under the lock: retire finished sends, complete the consumer sends whose
+    /// bytes are all on the wire, and seal the next batch if a slot, a buffer and the budget
+    /// allow. `failure` is the channel's sticky status. Sealing happens inside `platform`'s
+    /// vector-state guard, entered once per batch and only when there is something to seal.
     pub(crate) fn pass<P: Platform>(
         &mut self,
         failure: Option<NTSTATUS>,
         keys: &SpinLock<KernelConnection<ClientConnectionData>>,
         done: &mut Completions,
         platform: &P,
-    ) -> Result<Option<Batch>, Failure> {
-        if let Err(status) = self.retire() {
-            self.fail_all(status, done);
-            return Err(Failure::Transport(status));
-        }
-        if let Some(status) = failure {
+    ) -> Pass {
+        let transport = self.retire().err();
+        // Sends whose bytes are already on the wire succeeded, whatever happens next.
+        self.complete_sent(done);
+        if let Some(status) = failure.or(transport) {
             self.fail_all(status, done);
             // A failing channel sends nothing but its one alert.
-            let Some(alert) = self.alert.take() else {
-                return Ok(None);
-            };
-            return Ok(platform.with_vector_state(|| self.batch_of_control(&alert)).ok().flatten());
+            let batch = self.alert_batch(platform);
+            return Pass { batch, failure: transport.map(Failure::Transport) };
         }
-        self.complete_sent(done);
         if !self.has_work() {
-            return Ok(None);
+            return Pass::default();
         }
-        let sealed = platform.with_vector_state(|| self.seal_batch(keys));
-        sealed.map_err(|_| Failure::Tls(TlsError::Internal))?.map_err(Failure::Tls)
+        match platform.with_vector_state(|| self.seal_batch(keys)) {
+            Ok((batch, error)) => Pass { batch, failure: error.map(Failure::Tls) },
+            Err(_) => Pass { batch: None, failure: Some(Failure::Tls(TlsError::Internal)) },
+        }
     }
 
     /// Whether `seal_batch` would seal anything.
@@ -267,42 +269,56 @@ impl Tx {
         self.records_in_flight < self.records.len() && self.in_flight_bytes + wire <= self.budget
     }
 
+    /// Seals records into one batch. A failure part-way still returns the records sealed
+    /// before it, so what goes on the wire matches the sequence numbers used (the alert
+    /// that follows must be readable).
     fn seal_batch(
         &mut self,
         keys: &SpinLock<KernelConnection<ClientConnectionData>>,
-    ) -> Result<Option<Batch>, TlsError> {
-        // After our close_notify nothing more may be sent (RFC 8446 §6.1).
-        if !self.slot_free() || matches!(self.close_notify, CloseNotify::Sealed | CloseNotify::Sent) {
-            return Ok(None);
-        }
+    ) -> (Option<Batch>, Option<TlsError>) {
         let start = (self.first_in_flight + self.records_in_flight) % self.records.len();
-        let mut count = 0;
-        let mut wire = 0;
-        let mut flags = 0;
+        let limit = self.batch_limit();
+        let (mut count, mut wire, mut flags) = (0, 0, 0);
         let mut close_notify = false;
+        let mut error = None;
         loop {
             let unsealed = (self.queued - self.sealed).min(self.record_size as u64) as usize;
             let need_key_update = self.key_update_owed || self.sealer.records_left() <= 1;
-            let control = need_key_update || (unsealed == 0 && self.close_notify == CloseNotify::Requested);
-            let len = if control { 5 } else { unsealed };
-            if (len == 0 && !control) || !self.room_for(len + OVERHEAD) {
+            let send_close_notify = unsealed == 0 && self.close_notify == CloseNotify::Requested;
+            let len = if need_key_update {
+                KEY_UPDATE_LEN
+            } else if send_close_notify {
+                ALERT_LEN
+            } else {
+                unsealed
+            };
+            let more =
+                len > 0 && self.room_for(len + OVERHEAD) && (count == 0 || wire + len + OVERHEAD <= limit);
+            if !more {
                 break;
             }
             let index = (start + count) % self.records.len();
-            let n = if need_key_update {
-                let n = self.seal_control(index, ContentType::Handshake, &key_update(false))?;
-                self.rekey(keys)?;
-                n
-            } else if control {
+            let sealed = if need_key_update {
+                self.seal_control(index, ContentType::Handshake, &key_update(false))
+                    .and_then(|n| self.rekey(keys).map(|()| n))
+            } else if send_close_notify {
                 close_notify = true;
                 self.close_notify = CloseNotify::Sealed;
-                self.seal_control(index, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))?
+                self.seal_control(index, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
             } else {
-                let (n, nodelay) = self.seal_data(index, len)?;
-                if nodelay {
-                    flags |= WSK_FLAG_NODELAY;
+                self.seal_data(index, len).map(|(n, nodelay)| {
+                    if nodelay {
+                        flags |= WSK_FLAG_NODELAY;
+                    }
+                    n
+                })
+            };
+            let n = match sealed {
+                Ok(n) => n,
+                Err(e) => {
+                    error = Some(e);
+                    break;
                 }
-                n
             };
             self.link(start, count, n);
             count += 1;
@@ -313,8 +329,20 @@ impl Tx {
                 break;
             }
         }
+        (self.issue(start, count, wire, flags, close_notify), error)
+    }
+
+    /// Takes the next slot for the `count` records from `start`: the batch to send.
+    fn issue(
+        &mut self,
+        start: usize,
+        count: usize,
+        wire: usize,
+        flags: u32,
+        close_notify: bool,
+    ) -> Option<Batch> {
         if count == 0 {
-            return Ok(None);
+            return None;
         }
         self.stats.peak_in_flight_bytes = self.stats.peak_in_flight_bytes.max(self.in_flight_bytes);
         let slot = self.next_slot;
@@ -322,7 +350,13 @@ impl Tx {
         self.slots[slot] =
             Slot { state: SlotState::InFlight, records: count, wire, acked_after: self.sealed, close_notify };
         let buf = WSK_BUF { Mdl: self.records[start].mdl(), Offset: 0, Length: wire };
-        Ok(Some(Batch { slot, buf, flags }))
+        Some(Batch { slot, buf, flags })
+    }
+
+    /// The most one WskSend carries: the budget spread over the slots (at least one whole
+    /// record), so no pass holds the lock to seal more than that.
+    fn batch_limit(&self) -> usize {
+        (self.budget / SEND_SLOTS).max(self.record_size + OVERHEAD)
     }
 
     /// Seals up to `len` queued plaintext bytes, gathered across consumer sends, into
@@ -399,26 +433,22 @@ impl Tx {
         }
     }
 
-    /// A batch holding one control record (a fatal alert), made even while failing.
-    fn batch_of_control(&mut self, body: &[u8; 2]) -> Option<Batch> {
-        if !self.slot_free() || !self.room_for(body.len() + OVERHEAD) {
+    /// The fatal alert, alone in a batch, once a slot and the budget allow (it waits,
+    /// queued, until then). Never after our close_notify.
+    fn alert_batch<P: Platform>(&mut self, platform: &P) -> Option<Batch> {
+        let alert = self.alert?;
+        let closed = matches!(self.close_notify, CloseNotify::Sealed | CloseNotify::Sent);
+        if closed || !self.slot_free() || !self.room_for(ALERT_LEN + OVERHEAD) {
             return None;
         }
+        self.alert = None;
         let index = (self.first_in_flight + self.records_in_flight) % self.records.len();
-        let n = self.seal_control(index, ContentType::Alert, body).ok()?;
+        let n =
+            platform.with_vector_state(|| self.seal_control(index, ContentType::Alert, &alert)).ok()?.ok()?;
         self.link(index, 0, n);
         self.records_in_flight += 1;
         self.in_flight_bytes += n;
-        let slot = self.next_slot;
-        self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
-        self.slots[slot] = Slot {
-            state: SlotState::InFlight,
-            records: 1,
-            wire: n,
-            acked_after: self.acked,
-            close_notify: false,
-        };
-        Some(Batch { slot, buf: WSK_BUF { Mdl: self.records[index].mdl(), Offset: 0, Length: n }, flags: 0 })
+        self.issue(index, 1, n, 0, false)
     }
 }
 
@@ -427,4 +457,12 @@ impl Tx {
 pub(crate) enum Failure {
     Transport(NTSTATUS),
     Tls(TlsError),
+}
+
+/// What a send pass produced: a batch to issue, a failure to report, or both (the records
+/// sealed before a failure still go out).
+#[derive(Default)]
+pub(crate) struct Pass {
+    pub(crate) batch: Option<Batch>,
+    pub(crate) failure: Option<Failure>,
 }
