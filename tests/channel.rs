@@ -109,7 +109,7 @@ fn client_auth() -> wsktls::tls::ClientAuth {
     let pki = test_pki();
     let cert = CertificateDer::from_pem_file(&pki.client.cert).expect("client certificate");
     let key = PrivatePkcs8KeyDer::from_pem_file(&pki.client.key).expect("client key (PKCS#8)");
-    wsktls::tls::ClientAuth { chain: vec![cert.to_vec()], key_pkcs8: key.secret_pkcs8_der().to_vec() }
+    wsktls::tls::ClientAuth { chain: vec![cert.to_vec()], key_pkcs8: key.secret_pkcs8_der().into() }
 }
 
 fn mutual_tls_peer() -> Peer {
@@ -239,6 +239,25 @@ fn verifies_ecdsa_p256_p384_rsa_pss_and_ed25519_servers() {
                 .expect("echo-peer");
         echo_with(&kernel, &channel_config(peer.addr(), "localhost"), 64 * 1024);
         assert_eq!(peer.stats().bytes_received(), 64 * 1024, "{}", identity.cert.display());
+    }
+    kernel.finish();
+}
+
+#[test]
+fn a_client_key_that_is_not_the_certificates_is_refused_as_a_bad_parameter() {
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let kernel = Kernel::boot();
+    let peer = mutual_tls_peer();
+    {
+        let _in = kernel.enter();
+        let client = client();
+        let mut config = channel_config(peer.addr(), "localhost");
+        let mut auth = client_auth();
+        let other = PrivatePkcs8KeyDer::from_pem_file(&test_pki().server.key).expect("another key");
+        auth.key_pkcs8 = other.secret_pkcs8_der().into();
+        config.tls.client_auth = Some(auth);
+        assert_eq!(Channel::connect(&client, &config).err(), Some(wsktls::nt::STATUS_INVALID_PARAMETER));
     }
     kernel.finish();
 }

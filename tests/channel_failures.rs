@@ -188,7 +188,7 @@ fn a_fin_without_close_notify_is_reported_as_truncation_not_as_an_end() {
 }
 
 #[test]
-fn flags_other_than_nodelay_for_sends_and_waitall_for_receives_are_not_supported() {
+fn unsupported_flags_and_empty_receives_are_refused_without_hurting_the_channel() {
     let kernel = Kernel::boot();
     let peer = peer_with(&test_pki().server);
     {
@@ -200,6 +200,14 @@ fn flags_other_than_nodelay_for_sends_and_waitall_for_receives_are_not_supported
             assert_eq!(one_request(&channel, true, flags), (STATUS_NOT_SUPPORTED, STATUS_NOT_SUPPORTED));
             assert_eq!(one_request(&channel, false, flags), (STATUS_NOT_SUPPORTED, STATUS_NOT_SUPPORTED));
         }
+        // A receive of nothing would look like the end of the stream.
+        let (tx, rx) = mpsc::channel();
+        let irp = ConsumerIrp::new(8, &tx);
+        let empty = WSK_BUF { Mdl: std::ptr::null_mut(), Offset: 0, Length: 0 };
+        // SAFETY: our armed IRP; no buffer to keep.
+        let returned = unsafe { channel.receive(&empty, 0, irp.arm()) };
+        assert_eq!(returned, wsktls::nt::STATUS_INVALID_PARAMETER);
+        assert_eq!(rx.recv_timeout(STALL).expect("completed").status, wsktls::nt::STATUS_INVALID_PARAMETER);
         assert_eq!(channel.state(), State::Open, "a refused request does not hurt the channel");
         channel.close();
     }

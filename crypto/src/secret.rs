@@ -1,5 +1,6 @@
 //! A value whose bytes are wiped after it is dropped.
 
+use alloc::vec::Vec;
 use core::mem::{ManuallyDrop, size_of};
 use core::ops::{Deref, DerefMut};
 
@@ -49,4 +50,59 @@ impl<T> Drop for Wiped<T> {
 /// ordinary buffers before they are released.
 pub fn wipe(bytes: &mut [u8]) {
     zeroize::Zeroize::zeroize(bytes);
+}
+
+/// An allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfMemory;
+
+/// Bytes on the heap that are wiped whenever they are released: when dropped, and the old
+/// allocation when growing moves them. For plaintext and private keys.
+#[derive(Default)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub fn new() -> SecretBytes {
+        SecretBytes(Vec::new())
+    }
+
+    /// Appends `data`; `Err` if memory ran out (nothing was appended).
+    pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<(), OutOfMemory> {
+        if self.0.capacity() - self.0.len() < data.len() {
+            let needed = self.0.len().checked_add(data.len()).ok_or(OutOfMemory)?;
+            let mut grown = Vec::new();
+            grown.try_reserve_exact(needed.max(2 * self.0.capacity())).map_err(|_| OutOfMemory)?;
+            grown.extend_from_slice(&self.0);
+            wipe(&mut self.0);
+            self.0 = grown;
+        }
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&[u8]> for SecretBytes {
+    /// A copy of `bytes` (which the caller should wipe if they matter). Infallible: for
+    /// configuration, not the data path.
+    fn from(bytes: &[u8]) -> SecretBytes {
+        SecretBytes(bytes.to_vec())
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
 }

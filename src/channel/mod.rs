@@ -106,7 +106,8 @@ pub(crate) struct ReceiveDone {
 
 impl Completion for SendDone {
     fn completed(&self, status: NTSTATUS, bytes: usize) {
-        // SAFETY: set before any request is issued; Shared outlives its requests.
+        // SAFETY: set (by wire_up) before any request is issued; Channel::drop frees
+        // Shared only once every request is idle, so it outlives this routine.
         let shared = unsafe { &*self.owner.load(Ordering::Acquire) };
         shared.tx.lock().slot_completed(self.slot, status, bytes);
         shared.pump_tx();
@@ -315,6 +316,9 @@ impl Channel {
     unsafe fn admit(&self, buf: &WSK_BUF, flags: u32, allowed: u32, irp: *mut IRP) -> Result<Op, NTSTATUS> {
         let check = if flags & !allowed != 0 {
             Err(STATUS_NOT_SUPPORTED)
+        } else if buf.Length == 0 && allowed == WSK_FLAG_WAITALL {
+            // A receive of nothing would complete with 0 bytes: the end-of-stream signal.
+            Err(STATUS_INVALID_PARAMETER)
         } else if self.shared.failure().is_some() {
             Err(STATUS_FILE_FORCED_CLOSED)
         } else {

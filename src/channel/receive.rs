@@ -3,11 +3,9 @@
 //! buffer bounds what is kept for a consumer that is not reading: when it is full, no
 //! receive is posted and TCP's window holds the peer back.
 
-use alloc::vec::Vec;
-
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
-use wsktls_crypto::{Platform, TrafficKey, wipe};
+use wsktls_crypto::{Platform, SecretBytes, TrafficKey};
 
 use super::chain;
 use super::lock::SpinLock;
@@ -101,7 +99,7 @@ pub(crate) struct Rx {
     filled: usize,
     segments: Segments,
     /// Application data rustls decrypted during the handshake (rare), delivered first.
-    early: Vec<u8>,
+    early: SecretBytes,
     early_at: usize,
     queue: Queue,
     posted: bool,
@@ -115,16 +113,9 @@ pub(crate) struct Rx {
     stats: ReceiveStats,
 }
 
-impl Drop for Rx {
-    fn drop(&mut self) {
-        // The receive buffer zeroes itself (PoolBuffer); this plaintext lives on the heap.
-        wipe(&mut self.early);
-    }
-}
-
 impl Rx {
     /// `leftover` bytes at the buffer's start arrived after the handshake.
-    pub(crate) fn new(opener: Opener, buffer: PoolBuffer, leftover: usize, early: Vec<u8>) -> Rx {
+    pub(crate) fn new(opener: Opener, buffer: PoolBuffer, leftover: usize, early: SecretBytes) -> Rx {
         Rx {
             opener,
             buffer,
@@ -265,6 +256,10 @@ impl Rx {
                 break;
             };
             let plaintext = &window[opened.plaintext.clone()];
+            // RFC 8446 §5.1: no other record type in the middle of a handshake message.
+            if self.reader.is_mid_message() && opened.content_type != ContentType::Handshake {
+                return Err(TlsError::IllegalMessage);
+            }
             match opened.content_type {
                 ContentType::ApplicationData => {
                     if !plaintext.is_empty() {
@@ -282,10 +277,7 @@ impl Rx {
                             *owe_key_update |= update_requested;
                             Ok(())
                         }
-                        PostHandshake::NewSessionTicket(body) => {
-                            keys.lock()
-                                .handle_new_session_ticket(body)
-                                .map_err(|_| TlsError::IllegalMessage)?;
+                        PostHandshake::NewSessionTicket => {
                             stats.tickets += 1;
                             Ok(())
                         }
@@ -306,7 +298,7 @@ impl Rx {
     /// The next plaintext waiting for the consumer, as (pointer, length).
     fn next_plaintext(&mut self) -> Option<(*const u8, usize)> {
         if self.early_at < self.early.len() {
-            return Some((self.early[self.early_at..].as_ptr(), self.early.len() - self.early_at));
+            return Some((self.early.as_slice()[self.early_at..].as_ptr(), self.early.len() - self.early_at));
         }
         let base = self.buffer.as_ptr();
         // SAFETY: segments lie within `[0, parsed)` of the buffer.
@@ -317,8 +309,7 @@ impl Rx {
         if self.early_at < self.early.len() {
             self.early_at += n;
             if self.early_at == self.early.len() {
-                wipe(&mut self.early);
-                self.early = Vec::new();
+                self.early = SecretBytes::new(); // the old one wipes itself
                 self.early_at = 0;
             }
             return;

@@ -84,7 +84,8 @@ pub struct PoolBuffer {
 
 // SAFETY: the buffer is plain owned memory; the MDL is private to it.
 unsafe impl Send for PoolBuffer {}
-// SAFETY: shared access only reads.
+// SAFETY: through `&PoolBuffer` safe code can only read; writes need `&mut` or go through
+// the raw pointers (`as_ptr`, `mdl`), whose users synchronise them (unsafe code).
 unsafe impl Sync for PoolBuffer {}
 
 impl PoolBuffer {

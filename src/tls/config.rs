@@ -9,16 +9,19 @@ use alloc::vec::Vec;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use wsktls_crypto::{Platform, Suite, provider, spki_sha256, suite_of};
+use wsktls_crypto::{Platform, SecretBytes, Suite, provider, spki_sha256, suite_of};
 
 use super::TlsError;
 
-/// A client certificate chain (leaf first, DER) and its PKCS#8 private key (DER).
+/// A client certificate chain (leaf first, DER) and its PKCS#8 private key (DER), which
+/// is wiped when released.
 pub struct ClientAuth {
     pub chain: Vec<Vec<u8>>,
-    pub key_pkcs8: Vec<u8>,
+    pub key_pkcs8: SecretBytes,
 }
 
 /// What the consumer tells us about the server it wants.
@@ -70,8 +73,13 @@ impl TlsParams {
             None => builder.with_no_client_auth(),
             Some(auth) => {
                 let chain = auth.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
-                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(auth.key_pkcs8.clone()));
-                builder.with_client_auth_cert(chain, key).map_err(|_| TlsError::BadParameters)?
+                // Parsed from the consumer's bytes in place: no copy of the key to wipe.
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(auth.key_pkcs8.as_slice()));
+                let key = any_supported_type(&key).map_err(|_| TlsError::BadParameters)?;
+                let certified = CertifiedKey::new(chain, key);
+                // The chain's leaf must be the key's (a mismatch would fail every handshake).
+                certified.keys_match().map_err(|_| TlsError::BadParameters)?;
+                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
             }
         };
         config.alpn_protocols = self.alpn.clone();

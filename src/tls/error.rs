@@ -21,6 +21,8 @@ pub enum TlsError {
     PeerAlert(u8),
     /// The peer broke the protocol: a malformed or unexpected message, an oversized record.
     IllegalMessage,
+    /// The peer sent a record longer than TLS 1.3 allows (RFC 8446 §5.2, §5.4).
+    RecordOverflow,
     /// A record failed authentication: tampered, reordered, or under the wrong key.
     BadRecordMac,
     /// The transport ended without the peer's close_notify.
@@ -80,6 +82,7 @@ impl TlsError {
             TlsError::CertificateExpired => Some(AlertDescription::CertificateExpired),
             TlsError::IllegalMessage => Some(AlertDescription::UnexpectedMessage),
             TlsError::BadRecordMac => Some(AlertDescription::BadRecordMac),
+            TlsError::RecordOverflow => Some(AlertDescription::RecordOverflow),
             TlsError::NoCommonParameters => Some(AlertDescription::HandshakeFailure),
             TlsError::Internal => Some(AlertDescription::InternalError),
             TlsError::PeerAlert(_) | TlsError::Truncated | TlsError::BadParameters => None,

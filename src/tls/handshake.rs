@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
-use wsktls_crypto::{Platform, Suite, TrafficKey, sha256, suite_of};
+use wsktls_crypto::{Platform, SecretBytes, Suite, TrafficKey, sha256, suite_of};
 
 use super::TlsError;
 use super::config::ClientSetup;
@@ -49,7 +49,7 @@ pub struct Established {
     /// the beginning of the record stream our record layer reads next.
     pub leftover: usize,
     /// Application data the server sent with its last flight (rare), already decrypted.
-    pub early_plaintext: Vec<u8>,
+    pub early_plaintext: SecretBytes,
 }
 
 /// Runs the handshake to completion. `incoming` must hold the largest record (it is the
@@ -67,7 +67,7 @@ pub fn handshake<T: Transport, P: Platform>(
         UnbufferedClientConnection::new(setup.config, setup.server_name).map_err(TlsError::from)?;
     let mut filled = 0; // received bytes in `incoming`
     let mut encoded = 0; // handshake bytes waiting in `outgoing`
-    let mut early_plaintext = Vec::new();
+    let mut early_plaintext = SecretBytes::new();
     loop {
         let step = platform
             .with_vector_state(|| {
@@ -166,7 +166,7 @@ fn step(
     conn: &mut UnbufferedClientConnection,
     incoming: &mut [u8],
     outgoing: &mut [u8],
-    early_plaintext: &mut Vec<u8>,
+    early_plaintext: &mut SecretBytes,
 ) -> Result<Step, TlsError> {
     let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming);
     let next = match state? {
@@ -185,8 +185,7 @@ fn step(
             while let Some(record) = traffic.next_record() {
                 let record = record?;
                 discard += record.discard;
-                early_plaintext.try_reserve(record.payload.len()).map_err(|_| TlsError::Internal)?;
-                early_plaintext.extend_from_slice(record.payload);
+                early_plaintext.extend_from_slice(record.payload).map_err(|_| TlsError::Internal)?;
             }
             return Ok(Step { discard, next: Next::Encoded(0) });
         }

@@ -2,6 +2,7 @@
 //! post-handshake handshake messages (NewSessionTicket, KeyUpdate), which may be split
 //! across records or share one.
 
+#[cfg(test)]
 use alloc::vec::Vec;
 
 use super::TlsError;
@@ -9,9 +10,9 @@ use super::TlsError;
 const HANDSHAKE_HEADER_LEN: usize = 4;
 const NEW_SESSION_TICKET: u8 = 4;
 const KEY_UPDATE: u8 = 24;
-/// The largest post-handshake message we reassemble. Tickets are a few hundred bytes;
-/// anything near this is hostile.
-const MAX_MESSAGE: usize = 1 << 16;
+/// The largest post-handshake message we take, header included. Tickets are a few hundred
+/// bytes (rustls, OpenSSL, GnuTLS); a peer that sends more is refused rather than buffered.
+pub const MAX_MESSAGE: usize = 8 * 1024;
 
 const ALERT_WARNING: u8 = 1;
 const ALERT_FATAL: u8 = 2;
@@ -20,83 +21,147 @@ const USER_CANCELED: u8 = 90;
 
 /// A post-handshake message the channel must act on.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PostHandshake<'a> {
+pub enum PostHandshake {
     /// The peer switched its sending key; `update_requested`: it asks us to switch ours.
     KeyUpdate { update_requested: bool },
-    /// A session ticket (the message body), for rustls to check and file.
-    NewSessionTicket(&'a [u8]),
+    /// A well-formed session ticket. Resumption is off, so it is counted and dropped.
+    NewSessionTicket,
 }
 
-/// Reassembles handshake messages from the plaintext of Handshake records.
-#[derive(Default)]
+/// Reassembles post-handshake messages from the plaintext of Handshake records, in a
+/// fixed buffer: nothing is allocated on the receive path.
 pub struct HandshakeReader {
-    /// A message split across records, kept until its last fragment arrives.
-    partial: Vec<u8>,
+    /// The start of a message split across records.
+    partial: [u8; MAX_MESSAGE],
+    len: usize,
+}
+
+impl Default for HandshakeReader {
+    fn default() -> Self {
+        HandshakeReader { partial: [0; MAX_MESSAGE], len: 0 }
+    }
 }
 
 impl HandshakeReader {
+    /// A message has begun and not ended: RFC 8446 §5.1 forbids any other record type
+    /// until it does.
+    pub fn is_mid_message(&self) -> bool {
+        self.len > 0
+    }
+
     /// Feeds one record's plaintext; `on_message` sees every complete message in order. A
     /// KeyUpdate must end its record (RFC 8446 §5.1: handshake messages may not span a key
     /// change), so nothing may follow it.
     pub fn feed(
         &mut self,
-        fragment: &[u8],
-        mut on_message: impl FnMut(PostHandshake<'_>) -> Result<(), TlsError>,
+        mut fragment: &[u8],
+        mut on_message: impl FnMut(PostHandshake) -> Result<(), TlsError>,
     ) -> Result<(), TlsError> {
-        if self.partial.is_empty() {
-            let rest = parse_messages(fragment, &mut on_message)?;
-            return self.keep(rest);
+        // First finish the message held back, header then body.
+        while self.len > 0 {
+            let want = if self.len < HANDSHAKE_HEADER_LEN {
+                HANDSHAKE_HEADER_LEN
+            } else {
+                HANDSHAKE_HEADER_LEN + body_len(&self.partial[..HANDSHAKE_HEADER_LEN])?
+            };
+            let take = (want - self.len).min(fragment.len());
+            self.partial[self.len..self.len + take].copy_from_slice(&fragment[..take]);
+            self.len += take;
+            fragment = &fragment[take..];
+            if self.len < want {
+                return Ok(()); // the record ended first
+            }
+            if want > HANDSHAKE_HEADER_LEN || body_len(&self.partial[..HANDSHAKE_HEADER_LEN])? == 0 {
+                let (kind, body) = (self.partial[0], &self.partial[HANDSHAKE_HEADER_LEN..want]);
+                message(kind, body, fragment.is_empty(), &mut on_message)?;
+                self.len = 0;
+            }
         }
-        if self.partial.len() + fragment.len() > MAX_MESSAGE + HANDSHAKE_HEADER_LEN {
-            return Err(TlsError::IllegalMessage);
-        }
-        self.partial.try_reserve(fragment.len()).map_err(|_| TlsError::Internal)?;
-        self.partial.extend_from_slice(fragment);
-        let joined = core::mem::take(&mut self.partial);
-        let rest = parse_messages(&joined, &mut on_message)?;
-        self.keep(rest)
-    }
-
-    fn keep(&mut self, rest: &[u8]) -> Result<(), TlsError> {
-        self.partial.clear();
-        self.partial.try_reserve(rest.len()).map_err(|_| TlsError::Internal)?;
-        self.partial.extend_from_slice(rest);
+        let rest = parse_messages(fragment, &mut on_message)?;
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.len = rest.len();
         Ok(())
     }
 }
 
-/// Parses whole messages from `data` and returns the incomplete tail.
+/// The body length a handshake header announces, refused beyond MAX_MESSAGE.
+fn body_len(header: &[u8]) -> Result<usize, TlsError> {
+    let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+    if len > MAX_MESSAGE - HANDSHAKE_HEADER_LEN {
+        return Err(TlsError::IllegalMessage);
+    }
+    Ok(len)
+}
+
+/// Parses whole messages from `data` and returns the incomplete tail (shorter than
+/// MAX_MESSAGE).
 fn parse_messages<'d>(
     mut data: &'d [u8],
-    on_message: &mut impl FnMut(PostHandshake<'_>) -> Result<(), TlsError>,
+    on_message: &mut impl FnMut(PostHandshake) -> Result<(), TlsError>,
 ) -> Result<&'d [u8], TlsError> {
-    while let [kind, a, b, c, rest @ ..] = data {
-        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-        if len > MAX_MESSAGE {
-            return Err(TlsError::IllegalMessage);
-        }
-        let Some((body, after)) = rest.split_at_checked(len) else {
+    while data.len() >= HANDSHAKE_HEADER_LEN {
+        let len = body_len(&data[..HANDSHAKE_HEADER_LEN])?;
+        let Some((body, after)) = data[HANDSHAKE_HEADER_LEN..].split_at_checked(len) else {
             break;
         };
-        match *kind {
-            KEY_UPDATE => {
-                let update_requested = match body {
-                    [0] => false,
-                    [1] => true,
-                    _ => return Err(TlsError::IllegalMessage),
-                };
-                if !after.is_empty() {
-                    return Err(TlsError::IllegalMessage);
-                }
-                on_message(PostHandshake::KeyUpdate { update_requested })?;
-            }
-            NEW_SESSION_TICKET => on_message(PostHandshake::NewSessionTicket(body))?,
-            // We offer no post-handshake authentication; nothing else may come.
-            _ => return Err(TlsError::IllegalMessage),
-        }
+        message(data[0], body, after.is_empty(), on_message)?;
         data = after;
     }
     Ok(data)
+}
+
+/// One whole message; `ends_record`: nothing follows it in its record.
+fn message(
+    kind: u8,
+    body: &[u8],
+    ends_record: bool,
+    on_message: &mut impl FnMut(PostHandshake) -> Result<(), TlsError>,
+) -> Result<(), TlsError> {
+    match kind {
+        KEY_UPDATE => {
+            let update_requested = match body {
+                [0] => false,
+                [1] => true,
+                _ => return Err(TlsError::IllegalMessage),
+            };
+            if !ends_record {
+                return Err(TlsError::IllegalMessage);
+            }
+            on_message(PostHandshake::KeyUpdate { update_requested })
+        }
+        NEW_SESSION_TICKET => {
+            check_new_session_ticket(body)?;
+            on_message(PostHandshake::NewSessionTicket)
+        }
+        // We offer no post-handshake authentication; nothing else may come.
+        _ => Err(TlsError::IllegalMessage),
+    }
+}
+
+/// RFC 8446 §4.6.1: lifetime(4) age_add(4) nonce<0..255> ticket<1..2^16-1>
+/// extensions<0..2^16-2>, each extension type(2) data<0..2^16-1>, and nothing after.
+fn check_new_session_ticket(body: &[u8]) -> Result<(), TlsError> {
+    fn take<'b>(b: &mut &'b [u8], n: usize) -> Result<&'b [u8], TlsError> {
+        let (head, tail) = b.split_at_checked(n).ok_or(TlsError::IllegalMessage)?;
+        *b = tail;
+        Ok(head)
+    }
+    fn vector<'b>(b: &mut &'b [u8], len_bytes: usize) -> Result<&'b [u8], TlsError> {
+        let len = take(b, len_bytes)?.iter().fold(0usize, |acc, &x| acc << 8 | x as usize);
+        take(b, len)
+    }
+    let mut b = body;
+    take(&mut b, 8)?; // ticket_lifetime, ticket_age_add
+    vector(&mut b, 1)?; // ticket_nonce
+    if vector(&mut b, 2)?.is_empty() {
+        return Err(TlsError::IllegalMessage); // an empty ticket
+    }
+    let mut extensions = vector(&mut b, 2)?;
+    while !extensions.is_empty() {
+        take(&mut extensions, 2)?;
+        vector(&mut extensions, 2)?;
+    }
+    if b.is_empty() { Ok(()) } else { Err(TlsError::IllegalMessage) }
 }
 
 /// What an alert record says.
@@ -134,6 +199,7 @@ pub fn key_update(update_requested: bool) -> [u8; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::String;
     use alloc::vec;
 
     fn collect(reader: &mut HandshakeReader, fragments: &[&[u8]]) -> Result<Vec<String>, TlsError> {
@@ -146,38 +212,67 @@ mod tests {
         }
         Ok(seen)
     }
-    use alloc::string::String;
+
+    /// A NewSessionTicket: lifetime, age_add, a 2-byte nonce, a 6-byte ticket, one
+    /// early_data extension.
+    fn ticket() -> Vec<u8> {
+        let mut body = vec![0, 0, 0x1c, 0x20, 1, 2, 3, 4, 2, 0xaa, 0xbb, 0, 6];
+        body.extend_from_slice(b"ticket");
+        body.extend_from_slice(&[0, 8, 0, 42, 0, 4, 0, 0, 0x40, 0]);
+        let mut msg = vec![NEW_SESSION_TICKET, 0, 0, body.len() as u8];
+        msg.extend_from_slice(&body);
+        msg
+    }
 
     #[test]
     fn a_ticket_split_across_three_records_is_reassembled() {
-        let mut msg = vec![NEW_SESSION_TICKET, 0, 0, 6];
-        msg.extend_from_slice(b"ticket");
-        let seen = collect(&mut HandshakeReader::default(), &[&msg[..2], &msg[2..5], &msg[5..]]).unwrap();
-        assert_eq!(seen, ["NewSessionTicket([116, 105, 99, 107, 101, 116])"]);
+        let msg = ticket();
+        let seen = collect(&mut HandshakeReader::default(), &[&msg[..2], &msg[2..9], &msg[9..]]).unwrap();
+        assert_eq!(seen, ["NewSessionTicket"]);
     }
 
     #[test]
     fn two_messages_in_one_record_are_both_seen() {
-        let mut data = vec![NEW_SESSION_TICKET, 0, 0, 1, 9];
+        let mut data = ticket();
         data.extend_from_slice(&key_update(true));
         let seen = collect(&mut HandshakeReader::default(), &[&data]).unwrap();
-        assert_eq!(seen, ["NewSessionTicket([9])", "KeyUpdate { update_requested: true }"]);
+        assert_eq!(seen, ["NewSessionTicket", "KeyUpdate { update_requested: true }"]);
+    }
+
+    #[test]
+    fn a_message_finished_by_a_record_that_starts_another_is_seen_and_the_next_kept() {
+        let (a, b) = (ticket(), ticket());
+        let mut second = a[5..].to_vec();
+        second.extend_from_slice(&b[..3]);
+        let mut reader = HandshakeReader::default();
+        let seen = collect(&mut reader, &[&a[..5], &second]).unwrap();
+        assert_eq!(seen, ["NewSessionTicket"]);
+        assert!(reader.is_mid_message());
+        assert_eq!(collect(&mut reader, &[&b[3..]]).unwrap(), ["NewSessionTicket"]);
+        assert!(!reader.is_mid_message());
     }
 
     #[test]
     fn data_after_a_key_update_in_the_same_record_is_refused() {
         let mut data = key_update(false).to_vec();
-        data.extend_from_slice(&[NEW_SESSION_TICKET, 0, 0, 0]);
+        data.extend_from_slice(&ticket());
         assert_eq!(collect(&mut HandshakeReader::default(), &[&data]), Err(TlsError::IllegalMessage));
     }
 
     #[test]
-    fn malformed_or_unexpected_messages_are_refused() {
-        let bad: [&[u8]; 4] = [
+    fn malformed_oversized_or_unexpected_messages_are_refused() {
+        let mut truncated_ticket = ticket();
+        truncated_ticket[3] -= 1; // the extensions run past the body
+        let mut trailing = ticket();
+        trailing[3] += 1;
+        trailing.push(0); // a byte after the extensions
+        let bad: [&[u8]; 6] = [
             &[KEY_UPDATE, 0, 0, 1, 2],         // update_requested out of range
             &[KEY_UPDATE, 0, 0, 2, 0, 0],      // wrong length
             &[13, 0, 0, 0],                    // CertificateRequest: no post-handshake auth
-            &[NEW_SESSION_TICKET, 0x7f, 0, 0], // far beyond any ticket
+            &[NEW_SESSION_TICKET, 0, 0x20, 0], // beyond MAX_MESSAGE
+            &truncated_ticket[..truncated_ticket.len() - 1],
+            &trailing,
         ];
         for data in bad {
             assert_eq!(

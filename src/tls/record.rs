@@ -137,8 +137,11 @@ impl Opener {
             return Err(TlsError::IllegalMessage);
         }
         let len = u16::from_be_bytes([header[3], header[4]]) as usize;
-        if !(1 + TAG_LEN..=MAX_CIPHERTEXT).contains(&len) {
-            return Err(TlsError::IllegalMessage);
+        if len > MAX_CIPHERTEXT {
+            return Err(TlsError::RecordOverflow); // §5.2
+        }
+        if len < 1 + TAG_LEN {
+            return Err(TlsError::IllegalMessage); // no room for a content type and a tag
         }
         Ok(Some(HEADER_LEN + len))
     }
@@ -157,12 +160,13 @@ impl Opener {
         let inner =
             self.key.open_in_place(self.sequence, header, body).map_err(|_| TlsError::BadRecordMac)?;
         self.sequence += 1;
+        // §5.4: TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1 bytes.
+        if inner.len() > MAX_FRAGMENT + 1 {
+            return Err(TlsError::RecordOverflow);
+        }
         // Padding is zeros after the content type; a record of nothing but zeros has none.
         let type_at = inner.iter().rposition(|&b| b != 0).ok_or(TlsError::IllegalMessage)?;
         let content_type = ContentType::from_inner(inner[type_at]).ok_or(TlsError::IllegalMessage)?;
-        if type_at > MAX_FRAGMENT {
-            return Err(TlsError::IllegalMessage); // record_overflow
-        }
         if type_at == 0 && content_type != ContentType::ApplicationData {
             return Err(TlsError::IllegalMessage); // empty handshake or alert fragment
         }
@@ -259,12 +263,28 @@ mod tests {
     }
 
     #[test]
+    fn an_inner_plaintext_beyond_2_14_plus_1_is_a_record_overflow_even_when_mostly_padding() {
+        let (s, mut o) = pair(Suite::Aes128Gcm);
+        // One byte of data, its type, and 2^14 zeros of padding: 2^14 + 2 inner bytes.
+        let inner_len = MAX_FRAGMENT + 2;
+        let mut record = alloc::vec![0u8; HEADER_LEN + inner_len + TAG_LEN];
+        let len = (inner_len + TAG_LEN) as u16;
+        record[..HEADER_LEN].copy_from_slice(&[23, 3, 3, (len >> 8) as u8, len as u8]);
+        record[HEADER_LEN] = b'x';
+        record[HEADER_LEN + 1] = ContentType::ApplicationData as u8;
+        let (header, body) = record.split_at_mut(HEADER_LEN);
+        let tag = s.key.seal_in_place(0, header, &mut body[..inner_len]).unwrap();
+        body[inner_len..].copy_from_slice(&tag);
+        assert_eq!(o.open(&mut record), Err(TlsError::RecordOverflow));
+    }
+
+    #[test]
     fn headers_the_peer_may_not_send_are_refused_before_the_body_arrives() {
         // Oversized length field.
         let len = (MAX_CIPHERTEXT + 1) as u16;
         assert_eq!(
             Opener::record_len(&[23, 3, 3, (len >> 8) as u8, len as u8]),
-            Err(TlsError::IllegalMessage)
+            Err(TlsError::RecordOverflow)
         );
         // Plaintext alert after the handshake.
         assert_eq!(Opener::record_len(&[21, 3, 3, 0, 2]), Err(TlsError::IllegalMessage));
