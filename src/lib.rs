@@ -7,6 +7,7 @@ extern crate alloc;
 pub use wsktls_nt as nt;
 
 pub mod channel;
+pub mod interface;
 pub mod platform;
 pub mod tls;
 pub mod wsk;

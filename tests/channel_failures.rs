@@ -16,6 +16,7 @@ use ntsim::{Config, Faults, Kernel};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use wsktls::channel::{Channel, ChannelConfig, State};
+use wsktls::interface;
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, SEC_E_CERT_EXPIRED, SEC_E_MESSAGE_ALTERED, SEC_E_UNTRUSTED_ROOT,
     SEC_E_WRONG_PRINCIPAL, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_NOT_SUPPORTED,
@@ -140,7 +141,11 @@ fn one_request(channel: &Channel, send: bool, flags: u32) -> (NTSTATUS, NTSTATUS
     let buf = WSK_BUF { Mdl: buffer.mdl(), Offset: 0, Length: 100 };
     // SAFETY: our armed IRP and buffer, alive until the completion below.
     let returned = unsafe {
-        if send { channel.send(&buf, flags, irp.arm()) } else { channel.receive(&buf, flags, irp.arm()) }
+        if send {
+            interface::send(channel, &buf, flags, irp.arm())
+        } else {
+            interface::receive(channel, &buf, flags, irp.arm())
+        }
     };
     let done = rx.recv_timeout(STALL).expect("the request completes");
     (returned, done.status)
@@ -205,7 +210,7 @@ fn unsupported_flags_and_empty_receives_are_refused_without_hurting_the_channel(
         let irp = ConsumerIrp::new(8, &tx);
         let empty = WSK_BUF { Mdl: std::ptr::null_mut(), Offset: 0, Length: 0 };
         // SAFETY: our armed IRP; no buffer to keep.
-        let returned = unsafe { channel.receive(&empty, 0, irp.arm()) };
+        let returned = unsafe { interface::receive(&channel, &empty, 0, irp.arm()) };
         assert_eq!(returned, wsktls::nt::STATUS_INVALID_PARAMETER);
         assert_eq!(rx.recv_timeout(STALL).expect("completed").status, wsktls::nt::STATUS_INVALID_PARAMETER);
         assert_eq!(channel.state(), State::Open, "a refused request does not hurt the channel");
@@ -232,14 +237,14 @@ fn every_receive_queued_at_a_tampered_record_completes_with_its_status_and_the_p
         for (irp, buffer) in &receives {
             let buf = WSK_BUF { Mdl: buffer.mdl(), Offset: 0, Length: buffer.len() };
             // SAFETY: our armed IRP and buffer, alive until completion.
-            let status = unsafe { channel.receive(&buf, WSK_FLAG_WAITALL, irp.arm()) };
+            let status = unsafe { interface::receive(&channel, &buf, WSK_FLAG_WAITALL, irp.arm()) };
             assert_eq!(status, wsktls::nt::STATUS_PENDING);
         }
         let (send_irp, mut data) = (ConsumerIrp::new(9, &tx), PoolBuffer::new(100 * 1024, TAG_TEST).unwrap());
         data.as_mut_slice().fill(0x5a);
         let buf = WSK_BUF { Mdl: data.mdl(), Offset: 0, Length: data.len() };
         // SAFETY: as above.
-        unsafe { channel.send(&buf, 0, send_irp.arm()) };
+        unsafe { interface::send(&channel, &buf, 0, send_irp.arm()) };
         let mut receives_done = Vec::new();
         while receives_done.len() < 3 {
             let done = rx.recv_timeout(STALL).expect("completion");

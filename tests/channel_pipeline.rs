@@ -15,6 +15,7 @@ use common::{Done, STALL, TAG_TEST, client};
 use echo_peer::{Config as PeerConfig, Mode, Peer};
 use ntsim::{Config, Faults, Kernel};
 use wsktls::channel::{Channel, State};
+use wsktls::interface;
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED,
     STATUS_INVALID_DEVICE_STATE, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL,
@@ -46,12 +47,12 @@ impl One {
 
     fn receive(&self, channel: &Channel, flags: u32) -> NTSTATUS {
         // SAFETY: our armed IRP and buffer, alive until the completion.
-        unsafe { channel.receive(&self.buf(), flags, self.irp.arm()) }
+        unsafe { interface::receive(channel, &self.buf(), flags, self.irp.arm()) }
     }
 
     fn send(&self, channel: &Channel) -> NTSTATUS {
         // SAFETY: as above.
-        unsafe { channel.send(&self.buf(), 0, self.irp.arm()) }
+        unsafe { interface::send(channel, &self.buf(), 0, self.irp.arm()) }
     }
 }
 

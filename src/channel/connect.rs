@@ -6,19 +6,18 @@ use alloc::vec::Vec;
 use core::sync::atomic::AtomicPtr;
 
 use super::config::ChannelConfig;
-use super::lock::SpinLock;
 use super::receive::Rx;
 use super::send::{SEND_SLOTS, Tx};
 use super::status::status_of;
 use super::{Channel, ReceiveDone, SendDone, Shared};
 use crate::nt::{
-    KEVENT, NTSTATUS, PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
-    STATUS_IO_TIMEOUT, WSK_BUF, interrupt_time_100ns, pool_tag,
+    Event, NTSTATUS, PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
+    STATUS_IO_TIMEOUT, SpinLock, interrupt_time_100ns, pool_tag,
 };
 use crate::platform::PLATFORM;
 use crate::tls::record::{MAX_RECORD, OVERHEAD};
 use crate::tls::{Established, HandshakeError, Transport, handshake};
-use crate::wsk::{Request, Socket, WskClient};
+use crate::wsk::{Request, Socket, Span, WskClient};
 
 const TAG_CHANNEL: u32 = pool_tag(b"WtCh");
 const TAG_RECORD: u32 = pool_tag(b"WtTx");
@@ -93,8 +92,7 @@ impl Channel {
             keys: SpinLock::new(e.kernel),
             sends,
             receive,
-            // SAFETY: a zeroed KEVENT is valid storage; wire_up initialises it in place.
-            drained: unsafe { core::mem::zeroed::<KEVENT>() },
+            drained: Event::new(),
             suite: e.suite,
             alpn: e.alpn,
             peer_certificate_sha256: e.peer_certificate_sha256,
@@ -108,31 +106,29 @@ impl Channel {
     }
 }
 
-/// A buffer the handshake uses, by address: the slice for rustls, the MDL for WSK.
-struct Region {
-    base: *mut u8,
-    len: usize,
-    mdl: *mut crate::nt::MDL,
+/// A buffer the handshake uses: rustls writes and reads it through a slice, WSK through
+/// spans of it, found by the slice's address.
+struct Region<'a> {
+    buffer: &'a PoolBuffer,
 }
 
-impl Region {
-    fn of(buffer: &PoolBuffer) -> Region {
-        Region { base: buffer.as_ptr(), len: buffer.len(), mdl: buffer.mdl() }
+impl<'a> Region<'a> {
+    fn of(buffer: &'a PoolBuffer) -> Region<'a> {
+        Region { buffer }
     }
 
     /// # Safety
-    /// The buffer outlives the slice and nothing else accesses its bytes meanwhile.
-    unsafe fn slice<'a>(&self) -> &'a mut [u8] {
-        // SAFETY: per the caller.
-        unsafe { core::slice::from_raw_parts_mut(self.base, self.len) }
+    /// Nothing else accesses the buffer's bytes while the slice lives (the buffer itself,
+    /// borrowed by `self`, outlives it).
+    unsafe fn slice<'s>(&self) -> &'s mut [u8] {
+        // SAFETY: per the caller; the bytes belong to the buffer.
+        unsafe { core::slice::from_raw_parts_mut(self.buffer.as_ptr(), self.buffer.len()) }
     }
 
-    /// The WSK_BUF for `part`, which must lie inside this buffer.
-    fn describe(&self, part: *const [u8]) -> Option<WSK_BUF> {
-        let start = (part as *const u8 as usize).checked_sub(self.base as usize)?;
-        let len = part.len();
-        let offset = u32::try_from(start).ok()?;
-        (start + len <= self.len).then_some(WSK_BUF { Mdl: self.mdl, Offset: offset, Length: len })
+    /// The span for `part`, which must lie inside this buffer.
+    fn describe(&self, part: *const [u8]) -> Option<Span> {
+        let start = (part as *const u8 as usize).checked_sub(self.buffer.as_ptr() as usize)?;
+        Span::within(self.buffer, start, part.len())
     }
 }
 
@@ -140,8 +136,8 @@ impl Region {
 /// by what is left of the handshake deadline.
 struct HandshakeIo<'a> {
     socket: &'a Socket,
-    incoming: Region,
-    outgoing: Region,
+    incoming: Region<'a>,
+    outgoing: Region<'a>,
     /// Interrupt time (100 ns units) when the handshake gives up.
     deadline: u64,
 }

@@ -11,12 +11,9 @@
 //! key and sequence number); the rustls `KernelConnection` that derives the next keys on a
 //! KeyUpdate has a third, always taken last.
 
-mod chain;
 mod config;
 mod connect;
-mod lock;
 mod pump;
-mod queue;
 mod receive;
 mod send;
 mod status;
@@ -35,17 +32,13 @@ pub use config::{
 pub use receive::ReceiveStats;
 pub use send::SendStats;
 
-use lock::SpinLock;
-use queue::{Completions, Op};
 use receive::{End, Rx};
 use send::{CloseNotify, Failure, SEND_SLOTS, Tx};
 
+use crate::interface::{Completions, ConsumerRequest};
 use crate::nt::{
-    Executive, FALSE, IRP, KEVENT, KeInitializeEvent, KeSetEvent, KeWaitForSingleObject, KernelMode,
-    NTSTATUS, NotificationEvent, PoolBox, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED,
-    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_IO_TIMEOUT, STATUS_NOT_SUPPORTED,
-    STATUS_PENDING, STATUS_SUCCESS, STATUS_TIMEOUT, WSK_BUF, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL,
-    relative_timeout_ms,
+    Event, NTSTATUS, PoolBox, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_INVALID_DEVICE_STATE,
+    STATUS_IO_TIMEOUT, STATUS_SUCCESS, STATUS_TIMEOUT, SpinLock, interrupt_time_100ns,
 };
 use crate::platform::PLATFORM;
 use crate::wsk::{Completion, Request, Socket};
@@ -87,7 +80,7 @@ pub(crate) struct Shared {
     sends: [Request<SendDone>; SEND_SLOTS],
     receive: Request<ReceiveDone>,
     /// Signalled whenever the send side drains (disconnect waits on it).
-    drained: KEVENT,
+    drained: Event,
     suite: Suite,
     alpn: Option<Vec<u8>>,
     peer_certificate_sha256: [u8; 32],
@@ -150,9 +143,7 @@ impl Shared {
     }
 
     fn signal_drained(&self) {
-        let event = &self.drained as *const KEVENT as *mut KEVENT;
-        // SAFETY: our initialised event, pool-resident; KeSetEvent allows DISPATCH_LEVEL.
-        unsafe { KeSetEvent(event, 0, FALSE) };
+        self.drained.set();
     }
 
     /// Runs the send pipeline until it has nothing to do. Only one thread pumps at a time;
@@ -189,8 +180,8 @@ impl Shared {
 
     fn issue_send(&self, batch: send::Batch) {
         // SAFETY: the batch's records are ours and stay untouched until the slot's
-        // completion retires them; the chain holds exactly `Length` bytes.
-        let issued = unsafe { self.sends[batch.slot].send(&self.socket, batch.buf, batch.flags) };
+        // completion retires them; the chain holds exactly the span's bytes.
+        let issued = unsafe { self.sends[batch.slot].send_span(&self.socket, batch.span, batch.nodelay) };
         if let Err(status) = issued {
             self.tx.lock().slot_not_issued(batch.slot, status);
             self.fail(Failure::Transport(status));
@@ -217,10 +208,10 @@ impl Shared {
                         self.tx.lock().owe_key_update();
                         self.pump_tx();
                     }
-                    if let Some(buf) = action.post {
-                        // SAFETY: `[Offset, Offset + Length)` of our receive buffer, which
-                        // nothing else touches until the completion.
-                        if let Err(status) = unsafe { self.receive.receive(&self.socket, buf, 0) } {
+                    if let Some(span) = action.post {
+                        // SAFETY: the free end of our receive buffer, which nothing else
+                        // touches until the completion.
+                        if let Err(status) = unsafe { self.receive.receive_span(&self.socket, span) } {
                             self.rx.lock().receive_not_issued();
                             self.fail(Failure::Transport(status));
                         }
@@ -262,86 +253,39 @@ impl Channel {
         }
     }
 
-    /// Sends the bytes `buf` describes, WskSend's way: returns STATUS_PENDING and
-    /// completes `irp` once every byte is on the wire (IoStatus.Information = the
-    /// plaintext bytes), or completes it at once with the error it also returns.
-    /// Flags: WSK_FLAG_NODELAY only (passed down); anything else is STATUS_NOT_SUPPORTED.
-    /// Sends complete in order. IRQL <= DISPATCH_LEVEL.
-    ///
-    /// # Safety
-    /// `irp` is a valid IRP with a stack location for us (the consumer's completion routine
-    /// in the next one), which the consumer does not touch until it completes; `buf`
-    /// describes locked pages that stay valid until then.
-    pub unsafe fn send(&self, buf: &WSK_BUF, flags: u32, irp: *mut IRP) -> NTSTATUS {
-        // SAFETY: forwarded contract.
-        let op = match unsafe { self.admit(buf, flags, WSK_FLAG_NODELAY, irp) } {
-            Ok(op) => op,
-            Err(status) => return status,
-        };
-        {
+    /// Queues a consumer's send (interface::send has checked it). It completes when its
+    /// last byte is on the wire. A channel that failed, or has sent its close_notify,
+    /// completes it at once with the status returned.
+    pub(crate) fn send(&self, request: ConsumerRequest) -> Result<(), NTSTATUS> {
+        let refused = {
             let mut tx = self.shared.tx.lock();
-            if tx.close_notify != CloseNotify::NotRequested {
-                drop(tx);
-                op.complete(STATUS_INVALID_DEVICE_STATE, 0);
-                return STATUS_INVALID_DEVICE_STATE;
+            if self.shared.failure().is_some() {
+                Some(STATUS_FILE_FORCED_CLOSED)
+            } else if tx.close_notify != CloseNotify::NotRequested {
+                Some(STATUS_INVALID_DEVICE_STATE)
+            } else {
+                tx.push(request);
+                None
             }
-            tx.push(op);
+        };
+        if let Some(status) = refused {
+            request.complete(status, 0);
+            return Err(status);
         }
         self.shared.pump_tx();
-        STATUS_PENDING
+        Ok(())
     }
 
-    /// Receives into `buf`, WskReceive's way: completes `irp` when at least one byte
-    /// arrived (all of them with WSK_FLAG_WAITALL, the only flag accepted), with 0 bytes
-    /// and success once the peer's close_notify is reached. IRQL <= DISPATCH_LEVEL.
-    ///
-    /// # Safety
-    /// As for [`Channel::send`].
-    pub unsafe fn receive(&self, buf: &WSK_BUF, flags: u32, irp: *mut IRP) -> NTSTATUS {
-        // SAFETY: forwarded contract.
-        let op = match unsafe { self.admit(buf, flags, WSK_FLAG_WAITALL, irp) } {
-            Ok(op) => op,
-            Err(status) => return status,
-        };
-        self.shared.rx.lock().push(op);
-        self.shared.pump_rx();
-        STATUS_PENDING
-    }
-
-    /// The checks every request passes before it is queued. On failure the IRP is
-    /// completed with the returned status.
-    ///
-    /// # Safety
-    /// As for [`Channel::send`].
-    unsafe fn admit(&self, buf: &WSK_BUF, flags: u32, allowed: u32, irp: *mut IRP) -> Result<Op, NTSTATUS> {
-        let check = if flags & !allowed != 0 {
-            Err(STATUS_NOT_SUPPORTED)
-        } else if buf.Length == 0 && allowed == WSK_FLAG_WAITALL {
-            // A receive of nothing would complete with 0 bytes: the end-of-stream signal.
-            Err(STATUS_INVALID_PARAMETER)
-        } else if self.shared.failure().is_some() {
-            Err(STATUS_FILE_FORCED_CLOSED)
-        } else {
-            // SAFETY: locked pages per the contract.
-            unsafe { chain::check_and_map(buf) }
-        };
-        // SAFETY: a valid IRP handed to us per the contract.
-        let Some(op) = (unsafe { Op::take(irp, buf, flags) }) else {
-            // No stack location for us: the consumer's completion routine cannot be
-            // reached through us; complete it where it stands.
-            // SAFETY: as above.
-            unsafe { (*irp).IoStatus.set(STATUS_INVALID_PARAMETER, 0) };
-            // SAFETY: as above.
-            unsafe { crate::nt::IoCompleteRequest(irp, crate::nt::IO_NO_INCREMENT) };
-            return Err(STATUS_INVALID_PARAMETER);
-        };
-        match check {
-            Ok(()) => Ok(op),
-            Err(status) => {
-                op.complete(status, 0);
-                Err(status)
-            }
+    /// Queues a consumer's receive (interface::receive has checked it). A channel that
+    /// failed completes it at once with the status returned.
+    pub(crate) fn receive(&self, request: ConsumerRequest) -> Result<(), NTSTATUS> {
+        if self.shared.failure().is_some() {
+            request.complete(STATUS_FILE_FORCED_CLOSED, 0);
+            return Err(STATUS_FILE_FORCED_CLOSED);
         }
+        self.shared.rx.lock().push(request);
+        self.shared.pump_rx();
+        Ok(())
     }
 
     /// Graceful close of our side: our close_notify after every byte already queued, then
@@ -351,34 +295,26 @@ impl Channel {
         let s = &self.shared;
         s.tx.lock().request_close_notify();
         s.pump_tx();
-        let deadline = crate::nt::interrupt_time_100ns() + timeout_ms as u64 * 10_000;
+        let deadline = interrupt_time_100ns() + timeout_ms as u64 * 10_000;
         loop {
+            // Cleared before the checks, so a signal in between is not lost.
+            s.drained.clear();
             if let Some(status) = s.failure() {
                 return Err(status);
             }
             if s.tx.lock().close_notify == CloseNotify::Sent {
                 break;
             }
-            let now = crate::nt::interrupt_time_100ns();
+            let now = interrupt_time_100ns();
             if now >= deadline {
                 return Err(STATUS_IO_TIMEOUT);
             }
-            let event = &s.drained as *const KEVENT as *mut KEVENT;
-            let wait = relative_timeout_ms((((deadline - now) / 10_000) as u32).max(1));
-            // SAFETY: our event; PASSIVE_LEVEL per this function's contract. Cleared before
-            // the re-check so a signal in between is not lost.
-            let waited = unsafe {
-                crate::nt::KeClearEvent(event);
-                if s.tx.lock().close_notify == CloseNotify::Sent {
-                    break;
-                }
-                KeWaitForSingleObject(event.cast(), Executive, KernelMode, FALSE, &wait)
-            };
+            let waited = s.drained.wait((((deadline - now) / 10_000) as u32).max(1));
             if waited != STATUS_SUCCESS && waited != STATUS_TIMEOUT {
                 return Err(waited);
             }
         }
-        let left = deadline.saturating_sub(crate::nt::interrupt_time_100ns()) / 10_000;
+        let left = deadline.saturating_sub(interrupt_time_100ns()) / 10_000;
         s.socket.disconnect((left as u32).max(1))
     }
 
@@ -412,16 +348,11 @@ impl Shared {
     /// the event, and the requests' back-pointers.
     fn wire_up(this: &mut PoolBox<Shared>) {
         let ptr = this.as_ptr();
-        // SAFETY: the event is pool-resident and initialised before any wait or signal.
-        unsafe { KeInitializeEvent(core::ptr::addr_of_mut!((*ptr).drained), NotificationEvent, FALSE) };
+        // SAFETY: Shared sits at its final (pool) address, and nothing has used the event.
+        unsafe { this.drained.initialize() };
         for r in &this.sends {
             r.handler().owner.store(ptr, Ordering::Release);
         }
         this.receive.handler().owner.store(ptr, Ordering::Release);
     }
 }
-
-// SAFETY: the KEVENT is touched only through the Ke* functions, which synchronise.
-unsafe impl Sync for Shared {}
-// SAFETY: as above; everything else is Send.
-unsafe impl Send for Shared {}

@@ -7,15 +7,12 @@ use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use wsktls_crypto::{Platform, SecretBytes, TrafficKey};
 
-use super::chain;
-use super::lock::SpinLock;
 use super::pump::Pump;
-use super::queue::{Completions, Op, Queue};
 use super::send::Failure;
-use crate::nt::{
-    NTSTATUS, PoolBuffer, STATUS_INVALID_BUFFER_SIZE, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL,
-};
+use crate::interface::{Completions, ConsumerRequest, RequestQueue};
+use crate::nt::{NTSTATUS, PoolBuffer, STATUS_INVALID_BUFFER_SIZE, STATUS_SUCCESS, SpinLock};
 use crate::tls::{Alert, ContentType, HandshakeReader, Opener, PostHandshake, TlsError, read_alert};
+use crate::wsk::Span;
 
 /// Opened records whose plaintext waits for the consumer, at most. With tiny records this,
 /// not the buffer, is what stops the opening.
@@ -86,7 +83,7 @@ pub struct ReceiveStats {
 #[derive(Default)]
 pub(crate) struct Action {
     /// Post this receive.
-    pub(crate) post: Option<WSK_BUF>,
+    pub(crate) post: Option<Span>,
     /// The peer asked for our KeyUpdate.
     pub(crate) owe_key_update: bool,
 }
@@ -101,7 +98,7 @@ pub(crate) struct Rx {
     /// Application data rustls decrypted during the handshake (rare), delivered first.
     early: SecretBytes,
     early_at: usize,
-    queue: Queue,
+    queue: RequestQueue,
     posted: bool,
     /// The outcome of the last receive, not yet looked at.
     received: Option<(NTSTATUS, usize)>,
@@ -124,7 +121,7 @@ impl Rx {
             segments: Segments::new(),
             early,
             early_at: 0,
-            queue: Queue::new(),
+            queue: RequestQueue::new(),
             posted: false,
             received: None,
             fin: false,
@@ -147,7 +144,7 @@ impl Rx {
         }
     }
 
-    pub(crate) fn push(&mut self, op: Op) {
+    pub(crate) fn push(&mut self, op: ConsumerRequest) {
         self.queue.push(op);
     }
 
@@ -333,13 +330,13 @@ impl Rx {
                     break;
                 };
                 let n = available.min(op.len() - op.done());
-                // SAFETY: `p` holds `available` bytes of plaintext (our buffer or `early`);
-                // the op's chain was checked and mapped when queued and holds `len` bytes.
-                unsafe { chain::copy_into(&op.buf(), op.done(), core::slice::from_raw_parts(p, n)) };
+                // SAFETY: `p` holds `available` bytes of plaintext (our buffer or `early`),
+                // which stay put while we hold the lock.
+                op.copy_in(op.done(), unsafe { core::slice::from_raw_parts(p, n) });
                 op.set_done(op.done() + n);
                 self.consume(n);
             }
-            let waitall = op.flags() & WSK_FLAG_WAITALL != 0;
+            let waitall = op.wants_all();
             let drained = self.next_plaintext().is_none();
             let satisfied = op.done() == op.len() || (op.done() > 0 && !waitall);
             let ended = drained && self.end == End::CloseNotify;
@@ -354,7 +351,7 @@ impl Rx {
 
     /// The next receive to post, if there is room and it is wanted. When every opened
     /// record has been delivered, the partial record left (if any) moves to the front.
-    fn next_receive(&mut self) -> Option<WSK_BUF> {
+    fn next_receive(&mut self) -> Option<Span> {
         if self.posted || self.fin || self.end != End::Open {
             return None;
         }
@@ -368,9 +365,8 @@ impl Rx {
         if self.filled == self.buffer.len() {
             return None; // full: the consumer must read first
         }
+        let span = Span::within(&self.buffer, self.filled, self.buffer.len() - self.filled)?;
         self.posted = true;
-        // Receive buffers are far below 4 GiB (PoolBuffer takes a u32 length).
-        let offset = self.filled as u32;
-        Some(WSK_BUF { Mdl: self.buffer.mdl(), Offset: offset, Length: self.buffer.len() - self.filled })
+        Some(span)
     }
 }

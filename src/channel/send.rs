@@ -8,13 +8,12 @@ use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use wsktls_crypto::{Platform, TrafficKey};
 
-use super::chain;
-use super::lock::SpinLock;
 use super::pump::Pump;
-use super::queue::{Completions, Op, Queue};
-use crate::nt::{MDL, NTSTATUS, PoolBuffer, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_NODELAY};
+use crate::interface::{Completions, ConsumerRequest, RequestQueue};
+use crate::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, SpinLock};
 use crate::tls::record::{ContentType, HEADER_LEN, OVERHEAD, Sealer};
 use crate::tls::{TlsError, alert, key_update};
+use crate::wsk::Span;
 
 /// Plaintext bytes of the control records we send.
 const KEY_UPDATE_LEN: usize = 5;
@@ -58,8 +57,8 @@ pub(crate) enum CloseNotify {
 /// A batch ready for WskSend, made under the lock and issued outside it.
 pub(crate) struct Batch {
     pub(crate) slot: usize,
-    pub(crate) buf: WSK_BUF,
-    pub(crate) flags: u32,
+    pub(crate) span: Span,
+    pub(crate) nodelay: bool,
 }
 
 /// Counters the consumer may query.
@@ -86,9 +85,9 @@ pub(crate) struct Tx {
     next_slot: usize,
     oldest_slot: usize,
     /// Consumer sends not yet completed, in order.
-    queue: Queue,
+    queue: RequestQueue,
     /// The first queued send with bytes not yet sealed.
-    cursor: Option<Op>,
+    cursor: Option<ConsumerRequest>,
     /// Stream positions in plaintext bytes: queued, sealed, and on the wire.
     queued: u64,
     sealed: u64,
@@ -115,7 +114,7 @@ impl Tx {
             slots: [IDLE; SEND_SLOTS],
             next_slot: 0,
             oldest_slot: 0,
-            queue: Queue::new(),
+            queue: RequestQueue::new(),
             cursor: None,
             queued: 0,
             sealed: 0,
@@ -134,7 +133,7 @@ impl Tx {
     }
 
     /// Queues a consumer send (already checked). It completes when its last byte is sent.
-    pub(crate) fn push(&mut self, op: Op) {
+    pub(crate) fn push(&mut self, op: ConsumerRequest) {
         self.queued += op.len() as u64;
         op.set_end(self.queued);
         self.queue.push(op);
@@ -278,7 +277,7 @@ impl Tx {
     ) -> (Option<Batch>, Option<TlsError>) {
         let start = (self.first_in_flight + self.records_in_flight) % self.records.len();
         let limit = self.batch_limit();
-        let (mut count, mut wire, mut flags) = (0, 0, 0);
+        let (mut count, mut wire, mut nodelay) = (0, 0, false);
         let mut close_notify = false;
         let mut error = None;
         loop {
@@ -306,10 +305,8 @@ impl Tx {
                 self.close_notify = CloseNotify::Sealed;
                 self.seal_control(index, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
             } else {
-                self.seal_data(index, len).map(|(n, nodelay)| {
-                    if nodelay {
-                        flags |= WSK_FLAG_NODELAY;
-                    }
+                self.seal_data(index, len).map(|(n, asked)| {
+                    nodelay |= asked;
                     n
                 })
             };
@@ -329,7 +326,7 @@ impl Tx {
                 break;
             }
         }
-        (self.issue(start, count, wire, flags, close_notify), error)
+        (self.issue(start, count, wire, nodelay, close_notify), error)
     }
 
     /// Takes the next slot for the `count` records from `start`: the batch to send.
@@ -338,7 +335,7 @@ impl Tx {
         start: usize,
         count: usize,
         wire: usize,
-        flags: u32,
+        nodelay: bool,
         close_notify: bool,
     ) -> Option<Batch> {
         if count == 0 {
@@ -349,8 +346,7 @@ impl Tx {
         self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
         self.slots[slot] =
             Slot { state: SlotState::InFlight, records: count, wire, acked_after: self.sealed, close_notify };
-        let buf = WSK_BUF { Mdl: self.records[start].mdl(), Offset: 0, Length: wire };
-        Some(Batch { slot, buf, flags })
+        Some(Batch { slot, span: Span::chain(&self.records[start], wire), nodelay })
     }
 
     /// The most one WskSend carries: the budget spread over the slots (at least one whole
@@ -371,12 +367,9 @@ impl Tx {
                 return Err(TlsError::Internal);
             };
             let take = (op.len() - op.done()).min(len - at);
-            let dst = &mut record[HEADER_LEN + at..HEADER_LEN + at + take];
-            // SAFETY: the op's chain was checked and mapped when it was queued, and the
-            // consumer keeps it locked until we complete it; `done + take <= len`.
-            unsafe { chain::copy_from(&op.buf(), op.done(), dst) };
+            op.copy_out(op.done(), &mut record[HEADER_LEN + at..HEADER_LEN + at + take]);
             op.set_done(op.done() + take);
-            nodelay |= op.flags() & WSK_FLAG_NODELAY != 0;
+            nodelay |= op.nodelay();
             at += take;
             if op.done() == op.len() {
                 self.cursor = self.queue.next(op);
@@ -421,15 +414,17 @@ impl Tx {
     /// not the whole buffer).
     fn link(&mut self, start: usize, count: usize, len: usize) {
         let r = self.records.len();
-        let record = &mut self.records[(start + count) % r];
-        record.set_mdl_len(len);
-        let mdl: *mut MDL = record.mdl();
-        // SAFETY: our own MDLs, none of which is in flight (they are being batched).
-        unsafe { (*mdl).Next = core::ptr::null_mut() };
+        let (at, previous) = ((start + count) % r, (start + count + r - 1) % r);
+        self.records[at].set_mdl_len(len);
+        // SAFETY: records being batched are in no request (they were free until now).
+        unsafe { self.records[at].set_next(None) };
         if count > 0 {
-            let previous = self.records[(start + count - 1) % r].mdl();
+            let (a, b) = (previous.min(at), previous.max(at));
+            let (low, high) = self.records.split_at_mut(b);
+            let (previous, next) =
+                if previous < at { (&mut low[a], &high[0]) } else { (&mut high[0], &low[a]) };
             // SAFETY: as above.
-            unsafe { (*previous).Next = mdl };
+            unsafe { previous.set_next(Some(next)) };
         }
     }
 
@@ -448,7 +443,7 @@ impl Tx {
         self.link(index, 0, n);
         self.records_in_flight += 1;
         self.in_flight_bytes += n;
-        self.issue(index, 1, n, 0, false)
+        self.issue(index, 1, n, false, false)
     }
 }
 

@@ -12,8 +12,8 @@
 //! The driver code is the same in both.
 //!
 //! Besides the declarations, `pool` holds the two owners of nonpaged memory every layer
-//! uses (`PoolBox`, `PoolBuffer`), so no code above this crate calls the pool or MDL
-//! functions directly. Names follow the Windows headers so a reader can check each item
+//! uses (`PoolBox`, `PoolBuffer`) and `sync` the owners of a spin lock and an event, so no
+//! code above this crate calls the pool, MDL, spin-lock or event functions directly. Names follow the Windows headers so a reader can check each item
 //! against its documentation.
 #![no_std]
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
@@ -28,6 +28,7 @@ mod ke;
 mod mm;
 mod pool;
 mod status;
+mod sync;
 mod time;
 mod wsk;
 mod xstate;
@@ -41,6 +42,7 @@ pub use ke::*;
 pub use mm::*;
 pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
 pub use status::*;
+pub use sync::{Event, Guard, SpinLock};
 pub use time::*;
 pub use wsk::*;
 pub use xstate::*;

@@ -130,6 +130,16 @@ impl PoolBuffer {
         self.data.as_ptr()
     }
 
+    /// Chains `next`'s MDL after this buffer's (`None` ends the chain here).
+    ///
+    /// # Safety
+    /// No request may be carrying either MDL.
+    pub unsafe fn set_next(&mut self, next: Option<&PoolBuffer>) {
+        let next = next.map_or(core::ptr::null_mut(), PoolBuffer::mdl);
+        // SAFETY: our own MDL, not in flight per the caller.
+        unsafe { (*self.mdl.as_ptr()).Next = next };
+    }
+
     /// Makes the MDL describe only the first `len` bytes (at most the buffer), as
     /// NdisAdjustMdlLength does: a chain of partly filled buffers then carries exactly
     /// their contents. The caller must not do this while a request carries the MDL.

@@ -17,10 +17,12 @@ mod client;
 mod irp;
 mod request;
 mod socket;
+mod span;
 
 pub use client::WskClient;
 pub use request::{Completion, Request};
 pub use socket::Socket;
+pub use span::Span;
 
 use crate::nt::pool_tag;
 

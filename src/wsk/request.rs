@@ -11,9 +11,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use super::TAG_REQUEST;
 use super::irp::Irp;
 use super::socket::Socket;
+use super::span::Span;
 use crate::nt::{
     DEVICE_OBJECT, IRP, NTSTATUS, PoolBox, STATUS_INVALID_DEVICE_STATE, STATUS_MORE_PROCESSING_REQUIRED,
-    WSK_BUF,
+    WSK_BUF, WSK_FLAG_NODELAY,
 };
 
 /// Receives a request's outcome.
@@ -114,6 +115,25 @@ impl<H: Completion> Request<H> {
     pub unsafe fn send(&self, socket: &Socket, buf: WSK_BUF, flags: u32) -> Result<(), NTSTATUS> {
         // SAFETY: forwarded contract.
         unsafe { self.issue(socket, true, buf, flags) }
+    }
+
+    /// WskSend of `span`, with WSK_FLAG_NODELAY when `nodelay`; see `issue`.
+    ///
+    /// # Safety
+    /// The span's buffers stay valid and unchanged until the handler runs.
+    pub unsafe fn send_span(&self, socket: &Socket, span: Span, nodelay: bool) -> Result<(), NTSTATUS> {
+        let flags = if nodelay { WSK_FLAG_NODELAY } else { 0 };
+        // SAFETY: forwarded contract; a Span holds exactly the bytes its buffers hold.
+        unsafe { self.issue(socket, true, span.0, flags) }
+    }
+
+    /// WskReceive into `span`; see `issue`.
+    ///
+    /// # Safety
+    /// The span's buffers stay valid, and untouched by anyone else, until the handler runs.
+    pub unsafe fn receive_span(&self, socket: &Socket, span: Span) -> Result<(), NTSTATUS> {
+        // SAFETY: as for `send_span`.
+        unsafe { self.issue(socket, false, span.0, 0) }
     }
 
     /// WskReceive into `buf`; see `issue` for the outcome contract.

@@ -11,6 +11,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::TAG_SOCKET;
 use super::irp::{Irp, Outcome};
+use super::span::Span;
 use crate::nt::{
     AF_INET, AF_INET6, EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection,
     ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, IPPROTO_TCP, IRP, NTSTATUS, PoolBox,
@@ -211,21 +212,20 @@ impl Socket {
         self.core.shut()
     }
 
-    /// One send or receive of `buf`, waited for at PASSIVE_LEVEL, giving up (cancelling
+    /// One send or receive of `span`, waited for at PASSIVE_LEVEL, giving up (cancelling
     /// it, which leaves the stream unusable) after `timeout_ms`. Returns the bytes moved;
     /// 0 from a receive means the peer closed.
     ///
     /// # Safety
-    /// `buf` describes a locked chain holding at least `Offset + Length` bytes, valid for
-    /// the call.
+    /// The span's buffers stay valid for the call.
     pub(crate) unsafe fn transfer_and_wait(
         &self,
         send: bool,
-        buf: WSK_BUF,
+        span: Span,
         timeout_ms: u32,
     ) -> Result<usize, NTSTATUS> {
         let irp = Irp::allocate()?;
-        let mut buf = buf;
+        let mut buf = span.0;
         let buf_ptr: *mut WSK_BUF = &mut buf;
         let outcome = irp.call_and_wait(Some(timeout_ms), |irp| {
             // SAFETY: per this function's contract; `buf` outlives the request because

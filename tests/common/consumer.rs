@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::{Chain, Done};
 use std::net::SocketAddr;
 use wsktls::channel::{Channel, ChannelConfig};
+use wsktls::interface;
 use wsktls::nt::{
     DEVICE_OBJECT, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine, NTSTATUS,
     STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING, STATUS_SUCCESS, STATUS_UNSUCCESSFUL, WSK_BUF,
@@ -211,7 +212,7 @@ impl Stream {
             self.send_order.push_back(i);
             self.sent += length as u64;
             // SAFETY: our armed IRP and our chain, untouched until completion.
-            let status = unsafe { channel.send(&buf, 0, b.irp.arm()) };
+            let status = unsafe { interface::send(channel, &buf, 0, b.irp.arm()) };
             if status != STATUS_PENDING {
                 return Err(format!("send returned {status:?}"));
             }
@@ -229,7 +230,7 @@ impl Stream {
             b.length = length;
             self.receive_order.push_back(i);
             // SAFETY: as above.
-            let status = unsafe { channel.receive(&buf, self.receive_flags, b.irp.arm()) };
+            let status = unsafe { interface::receive(channel, &buf, self.receive_flags, b.irp.arm()) };
             if status != STATUS_PENDING {
                 return Err(format!("receive returned {status:?}"));
             }

@@ -1,11 +1,14 @@
-//! Consumer requests waiting in a channel: a FIFO of IRPs linked through the IRP itself, so
-//! queueing allocates nothing. While we own a consumer's IRP, its current stack location
-//! (ours, after IoSetNextIrpStackLocation) holds the request's WSK_BUF and flags, and
-//! `Tail.Overlay.DriverContext` our bookkeeping.
+//! A consumer's send or receive, taken over with its IRP the way a WSK provider takes one,
+//! and the FIFO it waits in: linked through the IRP itself, so queueing allocates nothing.
+//! While we own a consumer's IRP, its current stack location (ours, after
+//! IoSetNextIrpStackLocation) holds the request's WSK_BUF and flags, and
+//! `Tail.Overlay.DriverContext` our bookkeeping. The channel sees lengths, progress and
+//! copies; never the IRP or its MDLs.
 
+use super::chain;
 use crate::nt::{
     IO_NO_INCREMENT, IRP, IoCompleteRequest, IoGetCurrentIrpStackLocation, IoSetNextIrpStackLocation, MDL,
-    NTSTATUS, PVOID, WSK_BUF,
+    NTSTATUS, PVOID, WSK_BUF, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL,
 };
 
 /// DriverContext slots.
@@ -13,18 +16,19 @@ const NEXT: usize = 0;
 const DONE: usize = 1;
 const END: usize = 2;
 
-/// A consumer's operation (a send or receive IRP), taken over from the consumer for as long as it is queued.
+/// A consumer's send or receive, ours from `take` until `complete`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Op(*mut IRP);
+pub(crate) struct ConsumerRequest(*mut IRP);
 
-impl Op {
+impl ConsumerRequest {
     /// Takes `irp` over as its provider: the consumer prepared the next stack location (its
     /// completion routine), which becomes ours to use. `false` when the IRP has no stack
     /// location left for us (the consumer allocated too few).
     ///
     /// # Safety
     /// `irp` is a valid IRP the consumer hands us and does not touch until it completes.
-    pub(crate) unsafe fn take(irp: *mut IRP, buf: &WSK_BUF, flags: u32) -> Option<Op> {
+    pub(crate) unsafe fn take(irp: *mut IRP, buf: &WSK_BUF, flags: u32) -> Option<ConsumerRequest> {
+        // (The chain itself is checked and mapped by the caller, before.)
         // SAFETY: per the contract, a valid IRP that is now ours.
         unsafe {
             if (*irp).CurrentLocation <= 1 {
@@ -38,7 +42,7 @@ impl Op {
             args.Argument4 = flags as usize as PVOID;
             (*irp).Tail.Overlay.DriverContext = [core::ptr::null_mut(); 4];
         }
-        Some(Op(irp))
+        Some(ConsumerRequest(irp))
     }
 
     fn get(&self, slot: usize) -> PVOID {
@@ -53,7 +57,7 @@ impl Op {
     }
 
     /// The consumer's buffer.
-    pub(crate) fn buf(&self) -> WSK_BUF {
+    fn buf(&self) -> WSK_BUF {
         // SAFETY: written by `take` into our stack location.
         let args = unsafe { &(*IoGetCurrentIrpStackLocation(self.0)).Parameters.Others };
         WSK_BUF {
@@ -63,13 +67,43 @@ impl Op {
         }
     }
 
-    pub(crate) fn flags(&self) -> u32 {
+    fn flags(&self) -> u32 {
         // SAFETY: as for `buf`.
         unsafe { (*IoGetCurrentIrpStackLocation(self.0)).Parameters.Others.Argument4 as usize as u32 }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.buf().Length
+    }
+
+    /// A send that asked for WSK_FLAG_NODELAY.
+    pub(crate) fn nodelay(&self) -> bool {
+        self.flags() & WSK_FLAG_NODELAY != 0
+    }
+
+    /// A receive that asked for WSK_FLAG_WAITALL (the two flags share a value: the kind of
+    /// request says which it is).
+    pub(crate) fn wants_all(&self) -> bool {
+        self.flags() & WSK_FLAG_WAITALL != 0
+    }
+
+    /// Copies `dst.len()` bytes of the consumer's data, from `from`, into `dst`.
+    /// `from + dst.len()` must not exceed `len()`.
+    pub(crate) fn copy_out(&self, from: usize, dst: &mut [u8]) {
+        if from + dst.len() <= self.len() {
+            // SAFETY: the chain was checked and mapped when the request was taken, and the
+            // consumer keeps it locked until we complete it; the range is inside it.
+            unsafe { chain::copy_from(&self.buf(), from, dst) };
+        }
+    }
+
+    /// Copies `src` into the consumer's buffer at `at`. `at + src.len()` must not exceed
+    /// `len()`.
+    pub(crate) fn copy_in(&self, at: usize, src: &[u8]) {
+        if at + src.len() <= self.len() {
+            // SAFETY: as for `copy_out`.
+            unsafe { chain::copy_into(&self.buf(), at, src) };
+        }
     }
 
     /// Bytes of the request already handled (sealed from it, or received into it).
@@ -102,44 +136,44 @@ impl Op {
 }
 
 /// A FIFO of taken requests.
-pub(crate) struct Queue {
+pub(crate) struct RequestQueue {
     head: *mut IRP,
     tail: *mut IRP,
 }
 
 // SAFETY: the IRPs are ours while queued; the queue lives under a lock.
-unsafe impl Send for Queue {}
+unsafe impl Send for RequestQueue {}
 
-impl Queue {
-    pub(crate) const fn new() -> Queue {
-        Queue { head: core::ptr::null_mut(), tail: core::ptr::null_mut() }
+impl RequestQueue {
+    pub(crate) const fn new() -> RequestQueue {
+        RequestQueue { head: core::ptr::null_mut(), tail: core::ptr::null_mut() }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.head.is_null()
     }
 
-    pub(crate) fn push(&mut self, request: Op) {
+    pub(crate) fn push(&mut self, request: ConsumerRequest) {
         request.set(NEXT, core::ptr::null_mut());
         if self.tail.is_null() {
             self.head = request.0;
         } else {
-            Op(self.tail).set(NEXT, request.0.cast());
+            ConsumerRequest(self.tail).set(NEXT, request.0.cast());
         }
         self.tail = request.0;
     }
 
-    pub(crate) fn front(&self) -> Option<Op> {
-        (!self.head.is_null()).then_some(Op(self.head))
+    pub(crate) fn front(&self) -> Option<ConsumerRequest> {
+        (!self.head.is_null()).then_some(ConsumerRequest(self.head))
     }
 
     /// The request after `request` in this queue.
-    pub(crate) fn next(&self, request: Op) -> Option<Op> {
+    pub(crate) fn next(&self, request: ConsumerRequest) -> Option<ConsumerRequest> {
         let next = request.get(NEXT).cast::<IRP>();
-        (!next.is_null()).then_some(Op(next))
+        (!next.is_null()).then_some(ConsumerRequest(next))
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Op> {
+    pub(crate) fn pop(&mut self) -> Option<ConsumerRequest> {
         let front = self.front()?;
         self.head = front.get(NEXT).cast();
         if self.head.is_null() {
@@ -151,16 +185,16 @@ impl Queue {
 
 /// Requests to complete once the lock is released, each with its status and byte count.
 pub(crate) struct Completions {
-    queue: Queue,
+    queue: RequestQueue,
 }
 
 impl Completions {
     pub(crate) const fn new() -> Completions {
-        Completions { queue: Queue::new() }
+        Completions { queue: RequestQueue::new() }
     }
 
     /// Records the outcome in the IRP now; the IRP completes in `complete_all`.
-    pub(crate) fn add(&mut self, request: Op, status: NTSTATUS, information: usize) {
+    pub(crate) fn add(&mut self, request: ConsumerRequest, status: NTSTATUS, information: usize) {
         // SAFETY: ours until completed; IoStatus is written once more by nobody else.
         unsafe { (*request.0).IoStatus.set(status, information) };
         self.queue.push(request);

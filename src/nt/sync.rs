@@ -1,0 +1,117 @@
+//! Owners of kernel synchronisation objects: a spin lock that owns what it protects
+//! (KeAcquireSpinLockRaiseToDpc on lock, KeReleaseSpinLock back to the caller's IRQL when
+//! the guard drops), and a notification event.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+
+use crate::{
+    Executive, FALSE, KEVENT, KIRQL, KSPIN_LOCK, KeAcquireSpinLockRaiseToDpc, KeClearEvent,
+    KeInitializeEvent, KeReleaseSpinLock, KeSetEvent, KeWaitForSingleObject, KernelMode, NTSTATUS,
+    NotificationEvent, relative_timeout_ms,
+};
+
+pub struct SpinLock<T> {
+    lock: UnsafeCell<KSPIN_LOCK>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises every access to `value`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: as for a Mutex: moving the lock moves the value.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    pub const fn new(value: T) -> Self {
+        // KeInitializeSpinLock stores zero: a zero KSPIN_LOCK is an initialised, free lock.
+        SpinLock { lock: UnsafeCell::new(0), value: UnsafeCell::new(value) }
+    }
+
+    /// Raises to DISPATCH_LEVEL and takes the lock. IRQL <= DISPATCH_LEVEL. Never hold it
+    /// across a call that can complete a request inline (WskSend, IoCompleteRequest): the
+    /// completion may come back for the same lock.
+    pub fn lock(&self) -> Guard<'_, T> {
+        // SAFETY: our initialised lock; the guard releases it once.
+        let irql = unsafe { KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
+        Guard { owner: self, irql }
+    }
+}
+
+pub struct Guard<'a, T> {
+    owner: &'a SpinLock<T>,
+    irql: KIRQL,
+}
+
+impl<T> Deref for Guard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held for the guard's life.
+        unsafe { &*self.owner.value.get() }
+    }
+}
+
+impl<T> DerefMut for Guard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held for the guard's life, and the guard is unique.
+        unsafe { &mut *self.owner.value.get() }
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: releasing the lock this guard took, to the IRQL it was taken at.
+        unsafe { KeReleaseSpinLock(self.owner.lock.get(), self.irql) };
+    }
+}
+
+/// A notification event. It must sit at its final address (pool, or a structure in pool)
+/// before `initialize`, and stay there: the kernel links waiters through it.
+pub struct Event(UnsafeCell<KEVENT>);
+
+// SAFETY: the Ke* event functions synchronise every access.
+unsafe impl Sync for Event {}
+// SAFETY: as above.
+unsafe impl Send for Event {}
+
+impl Event {
+    /// Storage for an event; `initialize` makes it one.
+    pub const fn new() -> Event {
+        // SAFETY: an all-zero KEVENT is plain storage until KeInitializeEvent.
+        Event(UnsafeCell::new(unsafe { core::mem::zeroed() }))
+    }
+
+    /// KeInitializeEvent, not signalled.
+    ///
+    /// # Safety
+    /// Once, at the event's final address, before any other use.
+    pub unsafe fn initialize(&self) {
+        // SAFETY: per the caller.
+        unsafe { KeInitializeEvent(self.0.get(), NotificationEvent, FALSE) };
+    }
+
+    /// KeSetEvent. IRQL <= DISPATCH_LEVEL.
+    pub fn set(&self) {
+        // SAFETY: an initialised event (the owner's contract).
+        unsafe { KeSetEvent(self.0.get(), 0, FALSE) };
+    }
+
+    /// KeClearEvent. IRQL <= DISPATCH_LEVEL.
+    pub fn clear(&self) {
+        // SAFETY: as for `set`.
+        unsafe { KeClearEvent(self.0.get()) };
+    }
+
+    /// Waits up to `timeout_ms` (PASSIVE_LEVEL): STATUS_SUCCESS when signalled,
+    /// STATUS_TIMEOUT when the time ran out.
+    pub fn wait(&self, timeout_ms: u32) -> NTSTATUS {
+        let timeout = relative_timeout_ms(timeout_ms);
+        // SAFETY: an initialised event; a kernel-mode wait at PASSIVE_LEVEL (the caller's).
+        unsafe { KeWaitForSingleObject(self.0.get().cast(), Executive, KernelMode, FALSE, &timeout) }
+    }
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Event::new()
+    }
+}
