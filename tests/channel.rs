@@ -46,6 +46,7 @@ fn echo_through_echo_peer(kernel: &Kernel, suites: &[Suite], total: u64) -> wskt
     assert_eq!(peer.stats().last_ending(), Some(Ending::CloseNotify), "we sent close_notify");
     assert_eq!(info.sent.plaintext_bytes, total);
     assert_eq!(info.received.plaintext_bytes, total);
+    assert_eq!(info.received.tickets, 2, "echo-peer's two NewSessionTickets were accepted");
     assert!(info.sent.peak_in_flight_bytes <= info.sent.budget, "{info:?}");
     info
 }

@@ -126,3 +126,18 @@ fn agrees_keys_with_x25519_p256_and_p384() {
     }
     kernel.finish();
 }
+
+#[test]
+fn negotiates_alpn_and_reports_the_protocol() {
+    let kernel = Kernel::boot();
+    let extra = ["-alpn", "h2,http/1.1"];
+    let peer = match openssl_server(test_pki(), Openssl { extra: &extra, ..Openssl::default() }) {
+        Ok(p) => p,
+        Err(skip) => return eprintln!("{skip}"),
+    };
+    let info = echo(&kernel, &peer, Suite::Aes128Gcm, 64 * 1024, REVERSED_LINES, |c, _| {
+        c.tls.alpn = vec![b"http/1.1".to_vec(), b"h3".to_vec()];
+    });
+    assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    kernel.finish();
+}

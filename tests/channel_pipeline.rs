@@ -300,3 +300,23 @@ fn close_notify_behind_unread_records_is_a_clean_end_not_a_truncation() {
     }
     kernel.finish();
 }
+
+#[test]
+fn once_open_the_data_path_allocates_no_pool_irp_or_mdl() {
+    let kernel = Kernel::boot();
+    let echo = peer(Mode::Echo);
+    {
+        let _in = kernel.enter();
+        let client = client();
+        let channel = Channel::connect(&client, &channel_config(echo.addr(), "localhost")).expect("connect");
+        // The consumer's own IRPs and buffers are made first; then only the channel runs.
+        let mut stream = Stream::new(16 * MIB, ECHO);
+        let before = kernel.stats().allocations;
+        stream.run(&channel, STALL).expect("echo");
+        let during = kernel.stats().allocations - before;
+        assert_eq!(during, 0, "{during} allocations while 16 MiB went out and came back");
+        channel.close();
+        stream.drain_statuses(STALL).expect("close completes the posted receives");
+    }
+    kernel.finish();
+}

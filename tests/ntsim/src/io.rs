@@ -134,6 +134,7 @@ pub extern "system" fn IoAllocateIrp(stack_size: CCHAR, _charge_quota: BOOLEAN) 
     if irp.is_null() {
         return irp;
     }
+    k.counters.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: fresh zeroed allocation of IoSizeOfIrp(stack_size) bytes (IoInitializeIrp).
     unsafe { initialize(irp, size, stack_size) };
     lock(&k.irps.live).insert(irp as usize, IrpRecord { size, state: IrpState::Fresh, send_hash: None });

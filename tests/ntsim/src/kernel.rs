@@ -52,6 +52,8 @@ pub(crate) struct Counters {
     pub(crate) rng_bytes: AtomicU64,
     pub(crate) xstate_saves: AtomicU64,
     pub(crate) xstate_restores: AtomicU64,
+    /// Successful ExAllocatePool2, IoAllocateIrp and IoAllocateMdl calls.
+    pub(crate) allocations: AtomicU64,
 }
 
 /// What a kernel has seen and still holds.
@@ -77,6 +79,9 @@ pub struct Stats {
     /// calls: a driver that saves once per batch shows far fewer saves than records.
     pub xstate_saves: u64,
     pub xstate_restores: u64,
+    /// Pool blocks, IRPs and MDLs allocated since boot (successful calls): a data path
+    /// that allocates nothing leaves this unchanged.
+    pub allocations: u64,
 }
 
 impl KernelInner {
@@ -272,6 +277,7 @@ impl Kernel {
             rng_bytes: c.rng_bytes.load(Ordering::Relaxed),
             xstate_saves: c.xstate_saves.load(Ordering::Relaxed),
             xstate_restores: c.xstate_restores.load(Ordering::Relaxed),
+            allocations: c.allocations.load(Ordering::Relaxed),
         }
     }
 

@@ -129,6 +129,7 @@ pub extern "system" fn IoAllocateMdl(
     if mdl.is_null() {
         return mdl;
     }
+    k.counters.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: fresh, zeroed allocation big enough for the header and the PFN array.
     unsafe {
         (*mdl).Size = size as i16;

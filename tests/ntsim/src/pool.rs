@@ -120,6 +120,7 @@ pub extern "system" fn ExAllocatePool2(flags: POOL_FLAGS, size: usize, tag: u32)
     s.live.insert(p as usize, Block { size, tag, nonpaged: flags & POOL_FLAG_NON_PAGED != 0 });
     s.bytes += size;
     s.peak_bytes = s.peak_bytes.max(s.bytes);
+    k.counters.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     p.cast()
 }
 
