@@ -84,11 +84,12 @@ impl Channel {
         let [s0, s1, s2, s3] = sends;
         let sends: [Request<SendDone>; SEND_SLOTS] = [s0?, s1?, s2?, s3?];
         let receive = Request::new(ReceiveDone { owner: AtomicPtr::default() })?;
+        let rx = Rx::new(e.opener, receive_buffer, e.leftover, e.early_plaintext).map_err(status_of)?;
         let shared = Shared {
             socket,
             failure: Default::default(),
             tx: SpinLock::new(Tx::new(e.sealer, config.record_size, budget, records)),
-            rx: SpinLock::new(Rx::new(e.opener, receive_buffer, e.leftover, e.early_plaintext)),
+            rx: SpinLock::new(rx),
             keys: SpinLock::new(e.kernel),
             sends,
             receive,

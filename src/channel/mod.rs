@@ -253,6 +253,15 @@ impl Channel {
         }
     }
 
+    /// Why a new send (`send`) or receive would be refused now, if it would.
+    pub(crate) fn refusal(&self, send: bool) -> Option<NTSTATUS> {
+        if self.shared.failure().is_some() {
+            return Some(STATUS_FILE_FORCED_CLOSED);
+        }
+        let closing = send && self.shared.tx.lock().close_notify != CloseNotify::NotRequested;
+        closing.then_some(STATUS_INVALID_DEVICE_STATE)
+    }
+
     /// Queues a consumer's send (interface::send has checked it). It completes when its
     /// last byte is on the wire. A channel that failed, or has sent its close_notify,
     /// completes it at once with the status returned.

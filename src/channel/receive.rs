@@ -112,8 +112,13 @@ pub(crate) struct Rx {
 
 impl Rx {
     /// `leftover` bytes at the buffer's start arrived after the handshake.
-    pub(crate) fn new(opener: Opener, buffer: PoolBuffer, leftover: usize, early: SecretBytes) -> Rx {
-        Rx {
+    pub(crate) fn new(
+        opener: Opener,
+        buffer: PoolBuffer,
+        leftover: usize,
+        early: SecretBytes,
+    ) -> Result<Rx, TlsError> {
+        Ok(Rx {
             opener,
             buffer,
             parsed: 0,
@@ -126,10 +131,10 @@ impl Rx {
             received: None,
             fin: false,
             end: End::Open,
-            reader: HandshakeReader::default(),
+            reader: HandshakeReader::new()?,
             pump: Pump::default(),
             stats: ReceiveStats::default(),
-        }
+        })
     }
 
     pub(crate) fn stats(&self) -> ReceiveStats {

@@ -299,10 +299,7 @@ impl Tx {
             let index = (start + count) % self.records.len();
             let sealed = if need_key_update {
                 self.seal_control(index, ContentType::Handshake, &key_update(false))
-                    .and_then(|n| self.rekey(keys).map(|()| n))
             } else if send_close_notify {
-                close_notify = true;
-                self.close_notify = CloseNotify::Sealed;
                 self.seal_control(index, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
             } else {
                 self.seal_data(index, len).map(|(n, asked)| {
@@ -317,13 +314,23 @@ impl Tx {
                     break;
                 }
             };
+            // Sealed: the record goes out whatever happens next, so the wire keeps pace
+            // with the sequence number.
             self.link(start, count, n);
             count += 1;
             wire += n;
             self.records_in_flight += 1;
             self.in_flight_bytes += n;
-            if close_notify {
+            if send_close_notify {
+                close_notify = true;
+                self.close_notify = CloseNotify::Sealed;
                 break;
+            }
+            if need_key_update {
+                if let Err(e) = self.rekey(keys) {
+                    error = Some(e);
+                    break;
+                }
             }
         }
         (self.issue(start, count, wire, nodelay, close_notify), error)
@@ -346,7 +353,10 @@ impl Tx {
         self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
         self.slots[slot] =
             Slot { state: SlotState::InFlight, records: count, wire, acked_after: self.sealed, close_notify };
-        Some(Batch { slot, span: Span::chain(&self.records[start], wire), nodelay })
+        // SAFETY: `link` chained the `count` records from `start`, each MDL sized to its
+        // record, and `wire` is the sum of those sizes.
+        let span = unsafe { Span::chain(&self.records[start], wire) };
+        Some(Batch { slot, span, nodelay })
     }
 
     /// The most one WskSend carries: the budget spread over the slots (at least one whole
@@ -415,9 +425,11 @@ impl Tx {
     fn link(&mut self, start: usize, count: usize, len: usize) {
         let r = self.records.len();
         let (at, previous) = ((start + count) % r, (start + count + r - 1) % r);
-        self.records[at].set_mdl_len(len);
         // SAFETY: records being batched are in no request (they were free until now).
-        unsafe { self.records[at].set_next(None) };
+        unsafe {
+            self.records[at].set_mdl_len(len);
+            self.records[at].set_next(None);
+        }
         if count > 0 {
             let (a, b) = (previous.min(at), previous.max(at));
             let (low, high) = self.records.split_at_mut(b);

@@ -16,9 +16,12 @@ use crate::nt::{
     STATUS_PENDING, WSK_BUF, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL,
 };
 
-/// Sends the bytes `buf` describes on `channel`, WskSend's way: returns STATUS_PENDING and
-/// completes `irp` once every byte is on the wire (IoStatus.Information = the plaintext
-/// bytes), or completes it at once with the error it also returns. Flags: WSK_FLAG_NODELAY
+/// Sends the bytes `buf` describes on `channel`, WskSend's way: returns STATUS_PENDING (the
+/// IRP marked pending) and completes `irp` once every byte is on the wire
+/// (IoStatus.Information = the plaintext bytes), or completes it at once with the error it
+/// also returns (bad flags or buffer, a failed channel: STATUS_FILE_FORCED_CLOSED, a send
+/// after our close_notify: STATUS_INVALID_DEVICE_STATE). A channel that fails after the
+/// IRP was taken completes it with the failure, after returning STATUS_PENDING. Flags: WSK_FLAG_NODELAY
 /// only (passed down); anything else is STATUS_NOT_SUPPORTED. Sends complete in order.
 /// IRQL <= DISPATCH_LEVEL.
 ///
@@ -28,8 +31,13 @@ use crate::nt::{
 /// locked pages that stay valid until then.
 pub unsafe fn send(channel: &Channel, buf: &WSK_BUF, flags: u32, irp: *mut IRP) -> NTSTATUS {
     // SAFETY: forwarded contract.
-    match unsafe { accept(buf, flags, WSK_FLAG_NODELAY, false, irp) } {
-        Ok(request) => channel.send(request).err().unwrap_or(STATUS_PENDING),
+    match unsafe { accept(channel.refusal(true), buf, flags, WSK_FLAG_NODELAY, false, irp) } {
+        // Taken, so marked pending: whatever the channel does with it, the answer is
+        // STATUS_PENDING and the completion routine has the outcome.
+        Ok(request) => {
+            let _ = channel.send(request);
+            STATUS_PENDING
+        }
         Err(status) => status,
     }
 }
@@ -44,18 +52,23 @@ pub unsafe fn send(channel: &Channel, buf: &WSK_BUF, flags: u32, irp: *mut IRP) 
 /// As for [`send`].
 pub unsafe fn receive(channel: &Channel, buf: &WSK_BUF, flags: u32, irp: *mut IRP) -> NTSTATUS {
     // SAFETY: forwarded contract.
-    match unsafe { accept(buf, flags, WSK_FLAG_WAITALL, true, irp) } {
-        Ok(request) => channel.receive(request).err().unwrap_or(STATUS_PENDING),
+    match unsafe { accept(channel.refusal(false), buf, flags, WSK_FLAG_WAITALL, true, irp) } {
+        Ok(request) => {
+            let _ = channel.receive(request);
+            STATUS_PENDING
+        }
         Err(status) => status,
     }
 }
 
-/// The checks every request passes before the channel sees it; on failure the IRP is
-/// completed with the returned status.
+/// The checks every request passes before the channel sees it (`refusal`: the channel's
+/// own, a failure or a close in progress); on failure the IRP is completed with the
+/// returned status, not marked pending.
 ///
 /// # Safety
 /// As for [`send`].
 unsafe fn accept(
+    refusal: Option<NTSTATUS>,
     buf: &WSK_BUF,
     flags: u32,
     allowed: u32,
@@ -66,12 +79,14 @@ unsafe fn accept(
         Err(STATUS_NOT_SUPPORTED)
     } else if receive && buf.Length == 0 {
         Err(STATUS_INVALID_PARAMETER)
+    } else if let Some(status) = refusal {
+        Err(status)
     } else {
         // SAFETY: locked pages per the contract.
         unsafe { chain::check_and_map(buf) }
     };
     // SAFETY: a valid IRP handed to us per the contract.
-    let Some(request) = (unsafe { ConsumerRequest::take(irp, buf, flags) }) else {
+    let Some(request) = (unsafe { ConsumerRequest::take(irp, buf, flags, check.is_ok()) }) else {
         // No stack location for us: complete it where it stands.
         // SAFETY: as above.
         unsafe {

@@ -7,8 +7,8 @@
 
 use super::chain;
 use crate::nt::{
-    IO_NO_INCREMENT, IRP, IoCompleteRequest, IoGetCurrentIrpStackLocation, IoSetNextIrpStackLocation, MDL,
-    NTSTATUS, PVOID, WSK_BUF, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL,
+    IO_NO_INCREMENT, IRP, IoCompleteRequest, IoGetCurrentIrpStackLocation, IoMarkIrpPending,
+    IoSetNextIrpStackLocation, MDL, NTSTATUS, PVOID, WSK_BUF, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL,
 };
 
 /// DriverContext slots.
@@ -27,7 +27,14 @@ impl ConsumerRequest {
     ///
     /// # Safety
     /// `irp` is a valid IRP the consumer hands us and does not touch until it completes.
-    pub(crate) unsafe fn take(irp: *mut IRP, buf: &WSK_BUF, flags: u32) -> Option<ConsumerRequest> {
+    /// `pending`: the request will be queued, so the IRP is marked pending (the caller
+    /// then returns STATUS_PENDING); otherwise it is about to be completed at once.
+    pub(crate) unsafe fn take(
+        irp: *mut IRP,
+        buf: &WSK_BUF,
+        flags: u32,
+        pending: bool,
+    ) -> Option<ConsumerRequest> {
         // (The chain itself is checked and mapped by the caller, before.)
         // SAFETY: per the contract, a valid IRP that is now ours.
         unsafe {
@@ -35,6 +42,10 @@ impl ConsumerRequest {
                 return None;
             }
             IoSetNextIrpStackLocation(irp);
+            if pending {
+                // The consumer's routine sees PendingReturned, as for any pended IRP.
+                IoMarkIrpPending(irp);
+            }
             let args = &mut (*IoGetCurrentIrpStackLocation(irp)).Parameters.Others;
             args.Argument1 = buf.Mdl.cast();
             args.Argument2 = buf.Offset as PVOID;

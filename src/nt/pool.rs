@@ -142,8 +142,11 @@ impl PoolBuffer {
 
     /// Makes the MDL describe only the first `len` bytes (at most the buffer), as
     /// NdisAdjustMdlLength does: a chain of partly filled buffers then carries exactly
-    /// their contents. The caller must not do this while a request carries the MDL.
-    pub fn set_mdl_len(&mut self, len: usize) {
+    /// their contents.
+    ///
+    /// # Safety
+    /// No request may be carrying the MDL.
+    pub unsafe fn set_mdl_len(&mut self, len: usize) {
         let len = len.min(self.len) as u32;
         // SAFETY: our own MDL, not in flight per the caller; shrinking ByteCount keeps it
         // within the pages it was built for.

@@ -4,11 +4,12 @@
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{
     Executive, FALSE, KEVENT, KIRQL, KSPIN_LOCK, KeAcquireSpinLockRaiseToDpc, KeClearEvent,
     KeInitializeEvent, KeReleaseSpinLock, KeSetEvent, KeWaitForSingleObject, KernelMode, NTSTATUS,
-    NotificationEvent, relative_timeout_ms,
+    NotificationEvent, STATUS_INVALID_DEVICE_STATE, relative_timeout_ms,
 };
 
 pub struct SpinLock<T> {
@@ -33,13 +34,15 @@ impl<T> SpinLock<T> {
     pub fn lock(&self) -> Guard<'_, T> {
         // SAFETY: our initialised lock; the guard releases it once.
         let irql = unsafe { KeAcquireSpinLockRaiseToDpc(self.lock.get()) };
-        Guard { owner: self, irql }
+        Guard { owner: self, irql, _here: core::marker::PhantomData }
     }
 }
 
 pub struct Guard<'a, T> {
     owner: &'a SpinLock<T>,
     irql: KIRQL,
+    /// Released on the processor that took it (it restores that processor's IRQL): !Send.
+    _here: core::marker::PhantomData<*const ()>,
 }
 
 impl<T> Deref for Guard<'_, T> {
@@ -65,10 +68,14 @@ impl<T> Drop for Guard<'_, T> {
 }
 
 /// A notification event. It must sit at its final address (pool, or a structure in pool)
-/// before `initialize`, and stay there: the kernel links waiters through it.
-pub struct Event(UnsafeCell<KEVENT>);
+/// before `initialize`, and stay there: the kernel links waiters through it. Until then
+/// `set` and `clear` do nothing and `wait` fails.
+pub struct Event {
+    event: UnsafeCell<KEVENT>,
+    ready: AtomicBool,
+}
 
-// SAFETY: the Ke* event functions synchronise every access.
+// SAFETY: the Ke* event functions synchronise every access; `ready` is atomic.
 unsafe impl Sync for Event {}
 // SAFETY: as above.
 unsafe impl Send for Event {}
@@ -77,36 +84,45 @@ impl Event {
     /// Storage for an event; `initialize` makes it one.
     pub const fn new() -> Event {
         // SAFETY: an all-zero KEVENT is plain storage until KeInitializeEvent.
-        Event(UnsafeCell::new(unsafe { core::mem::zeroed() }))
+        Event { event: UnsafeCell::new(unsafe { core::mem::zeroed() }), ready: AtomicBool::new(false) }
     }
 
     /// KeInitializeEvent, not signalled.
     ///
     /// # Safety
-    /// Once, at the event's final address, before any other use.
+    /// Once, at the event's final address, which it keeps from now on.
     pub unsafe fn initialize(&self) {
         // SAFETY: per the caller.
-        unsafe { KeInitializeEvent(self.0.get(), NotificationEvent, FALSE) };
+        unsafe { KeInitializeEvent(self.event.get(), NotificationEvent, FALSE) };
+        self.ready.store(true, Ordering::Release);
     }
 
     /// KeSetEvent. IRQL <= DISPATCH_LEVEL.
     pub fn set(&self) {
-        // SAFETY: an initialised event (the owner's contract).
-        unsafe { KeSetEvent(self.0.get(), 0, FALSE) };
+        if self.ready.load(Ordering::Acquire) {
+            // SAFETY: initialised (seen above), at its final address.
+            unsafe { KeSetEvent(self.event.get(), 0, FALSE) };
+        }
     }
 
     /// KeClearEvent. IRQL <= DISPATCH_LEVEL.
     pub fn clear(&self) {
-        // SAFETY: as for `set`.
-        unsafe { KeClearEvent(self.0.get()) };
+        if self.ready.load(Ordering::Acquire) {
+            // SAFETY: as for `set`.
+            unsafe { KeClearEvent(self.event.get()) };
+        }
     }
 
     /// Waits up to `timeout_ms` (PASSIVE_LEVEL): STATUS_SUCCESS when signalled,
-    /// STATUS_TIMEOUT when the time ran out.
+    /// STATUS_TIMEOUT when the time ran out, STATUS_INVALID_DEVICE_STATE before
+    /// `initialize`.
     pub fn wait(&self, timeout_ms: u32) -> NTSTATUS {
+        if !self.ready.load(Ordering::Acquire) {
+            return STATUS_INVALID_DEVICE_STATE;
+        }
         let timeout = relative_timeout_ms(timeout_ms);
-        // SAFETY: an initialised event; a kernel-mode wait at PASSIVE_LEVEL (the caller's).
-        unsafe { KeWaitForSingleObject(self.0.get().cast(), Executive, KernelMode, FALSE, &timeout) }
+        // SAFETY: as for `set`; a kernel-mode wait at PASSIVE_LEVEL (the caller's).
+        unsafe { KeWaitForSingleObject(self.event.get().cast(), Executive, KernelMode, FALSE, &timeout) }
     }
 }
 

@@ -2,7 +2,6 @@
 //! post-handshake handshake messages (NewSessionTicket, KeyUpdate), which may be split
 //! across records or share one.
 
-#[cfg(test)]
 use alloc::vec::Vec;
 
 use super::TlsError;
@@ -29,20 +28,22 @@ pub enum PostHandshake {
 }
 
 /// Reassembles post-handshake messages from the plaintext of Handshake records, in a
-/// fixed buffer: nothing is allocated on the receive path.
+/// buffer allocated once, when the channel opens: nothing is allocated on the receive path
+/// (and nothing this big sits on a kernel stack).
 pub struct HandshakeReader {
-    /// The start of a message split across records.
-    partial: [u8; MAX_MESSAGE],
+    /// The start of a message split across records; always MAX_MESSAGE bytes long.
+    partial: Vec<u8>,
     len: usize,
 }
 
-impl Default for HandshakeReader {
-    fn default() -> Self {
-        HandshakeReader { partial: [0; MAX_MESSAGE], len: 0 }
-    }
-}
-
 impl HandshakeReader {
+    pub fn new() -> Result<HandshakeReader, TlsError> {
+        let mut partial = Vec::new();
+        partial.try_reserve_exact(MAX_MESSAGE).map_err(|_| TlsError::Internal)?;
+        partial.resize(MAX_MESSAGE, 0);
+        Ok(HandshakeReader { partial, len: 0 })
+    }
+
     /// A message has begun and not ended: RFC 8446 §5.1 forbids any other record type
     /// until it does.
     pub fn is_mid_message(&self) -> bool {
@@ -227,7 +228,8 @@ mod tests {
     #[test]
     fn a_ticket_split_across_three_records_is_reassembled() {
         let msg = ticket();
-        let seen = collect(&mut HandshakeReader::default(), &[&msg[..2], &msg[2..9], &msg[9..]]).unwrap();
+        let seen =
+            collect(&mut HandshakeReader::new().unwrap(), &[&msg[..2], &msg[2..9], &msg[9..]]).unwrap();
         assert_eq!(seen, ["NewSessionTicket"]);
     }
 
@@ -235,7 +237,7 @@ mod tests {
     fn two_messages_in_one_record_are_both_seen() {
         let mut data = ticket();
         data.extend_from_slice(&key_update(true));
-        let seen = collect(&mut HandshakeReader::default(), &[&data]).unwrap();
+        let seen = collect(&mut HandshakeReader::new().unwrap(), &[&data]).unwrap();
         assert_eq!(seen, ["NewSessionTicket", "KeyUpdate { update_requested: true }"]);
     }
 
@@ -244,7 +246,7 @@ mod tests {
         let (a, b) = (ticket(), ticket());
         let mut second = a[5..].to_vec();
         second.extend_from_slice(&b[..3]);
-        let mut reader = HandshakeReader::default();
+        let mut reader = HandshakeReader::new().unwrap();
         let seen = collect(&mut reader, &[&a[..5], &second]).unwrap();
         assert_eq!(seen, ["NewSessionTicket"]);
         assert!(reader.is_mid_message());
@@ -256,7 +258,7 @@ mod tests {
     fn data_after_a_key_update_in_the_same_record_is_refused() {
         let mut data = key_update(false).to_vec();
         data.extend_from_slice(&ticket());
-        assert_eq!(collect(&mut HandshakeReader::default(), &[&data]), Err(TlsError::IllegalMessage));
+        assert_eq!(collect(&mut HandshakeReader::new().unwrap(), &[&data]), Err(TlsError::IllegalMessage));
     }
 
     #[test]
@@ -276,7 +278,7 @@ mod tests {
         ];
         for data in bad {
             assert_eq!(
-                collect(&mut HandshakeReader::default(), &[data]),
+                collect(&mut HandshakeReader::new().unwrap(), &[data]),
                 Err(TlsError::IllegalMessage),
                 "{data:?}"
             );

@@ -123,7 +123,8 @@ impl<H: Completion> Request<H> {
     /// The span's buffers stay valid and unchanged until the handler runs.
     pub unsafe fn send_span(&self, socket: &Socket, span: Span, nodelay: bool) -> Result<(), NTSTATUS> {
         let flags = if nodelay { WSK_FLAG_NODELAY } else { 0 };
-        // SAFETY: forwarded contract; a Span holds exactly the bytes its buffers hold.
+        // SAFETY: forwarded contract; a Span's bytes lie within its buffers (`within`
+        // checks it, `chain`'s caller promises it).
         unsafe { self.issue(socket, true, span.0, flags) }
     }
 

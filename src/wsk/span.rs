@@ -9,9 +9,12 @@ pub struct Span(pub(crate) WSK_BUF);
 
 impl Span {
     /// The first `len` bytes of the chain that starts at `first` (linked with
-    /// `PoolBuffer::set_next`, each MDL sized with `set_mdl_len`). The chain must hold
-    /// `len` bytes: WSK_BUF.Length beyond the chain crashes Windows.
-    pub fn chain(first: &PoolBuffer, len: usize) -> Span {
+    /// `PoolBuffer::set_next`, each MDL sized with `set_mdl_len`).
+    ///
+    /// # Safety
+    /// The chain holds at least `len` bytes: WSK_BUF.Length beyond the chain crashes
+    /// Windows.
+    pub unsafe fn chain(first: &PoolBuffer, len: usize) -> Span {
         Span(WSK_BUF { Mdl: first.mdl(), Offset: 0, Length: len })
     }
 
