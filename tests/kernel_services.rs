@@ -1,25 +1,29 @@
 //! ntsim's timers, DPCs and work items, as the secure channel will use them (timeouts,
 //! the handshake's work item): what runs, at which IRQL, and what the verifier says of
 //! misuse. And the services the cryptography needs: the CNG random number generator, the
-//! clocks, and saving the extended processor state around vector code.
+//! clocks, saving the extended processor state around vector code, and an expanded stack
+//! for deep frames. And the debugger: DbgPrintEx, and KeBugCheckEx, which stops the machine.
 
 mod common;
 
 use std::ffi::c_void;
+use std::process::Command;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ntsim::{Kernel, Rule, with_irql};
 use wsktls::nt::{
-    BCRYPT_USE_SYSTEM_PREFERRED_RNG, BCryptGenRandom, DEVICE_OBJECT, DISPATCH_LEVEL, DelayedWorkQueue,
-    Executive, FALSE, IO_WORKITEM, IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem, KDPC, KTIMER,
-    KeCancelTimer, KeFlushQueuedDpcs, KeGetCurrentIrql, KeInitializeDpc, KeInitializeTimerEx,
-    KeQueryInterruptTimePrecise, KeQuerySystemTimePrecise, KeRestoreExtendedProcessorState,
-    KeSaveExtendedProcessorState, KeSetTimer, KeWaitForSingleObject, KernelMode, NotificationTimer,
-    PASSIVE_LEVEL, PoolBox, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, STATUS_TIMEOUT,
+    APC_LEVEL, BCRYPT_USE_SYSTEM_PREFERRED_RNG, BCryptGenRandom, DEBUG_PRINT_LIMIT, DEVICE_OBJECT,
+    DISPATCH_LEVEL, DPFLTR_ERROR_LEVEL, DPFLTR_IHVNETWORK_ID, DPFLTR_INFO_LEVEL, DPFLTR_TRACE_LEVEL,
+    DPFLTR_WARNING_LEVEL, DbgPrintEx, DelayedWorkQueue, Executive, FALSE, IO_WORKITEM, IoAllocateWorkItem,
+    IoFreeWorkItem, IoQueueWorkItem, KDPC, KTIMER, KeBugCheckEx, KeCancelTimer, KeFlushQueuedDpcs,
+    KeGetCurrentIrql, KeInitializeDpc, KeInitializeTimerEx, KeQueryInterruptTimePrecise,
+    KeQuerySystemTimePrecise, KeRestoreExtendedProcessorState, KeSaveExtendedProcessorState, KeSetTimer,
+    KeWaitForSingleObject, KernelMode, MAXIMUM_EXPANSION_SIZE, NotificationTimer, PASSIVE_LEVEL, PoolBox,
+    STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER, STATUS_SUCCESS, STATUS_TIMEOUT,
     SYSTEM_TIME_UNITS_PER_SECOND, UNIX_EPOCH_AS_SYSTEM_TIME, XSTATE_MASK_AVX, XSTATE_MASK_AVX512,
-    XSTATE_MASK_LEGACY, XSTATE_SAVE, interrupt_time_100ns, relative_timeout_ms, system_random,
-    system_time_to_unix_seconds, unix_time_seconds,
+    XSTATE_MASK_LEGACY, XSTATE_SAVE, debug_print, interrupt_time_100ns, relative_timeout_ms, system_random,
+    system_time_to_unix_seconds, unix_time_seconds, with_expanded_stack,
 };
 
 /// What a DPC or work item saw when it ran.
@@ -403,4 +407,90 @@ fn work_item_that_restores_what_it_saved_is_clean() {
     }
     assert_eq!(kernel.stats().xstate_saves, 1);
     kernel.finish();
+}
+
+#[test]
+fn debug_print_reaches_the_debugger_with_its_level_and_text() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        debug_print(DPFLTR_INFO_LEVEL, "channel open: 100% of the handshake done\n");
+        debug_print(DPFLTR_ERROR_LEVEL, &"peer said: goodbye"[..9]);
+        debug_print(DPFLTR_TRACE_LEVEL, &"x".repeat(DEBUG_PRINT_LIMIT + 100));
+        with_irql(DISPATCH_LEVEL, "the test", || debug_print(DPFLTR_WARNING_LEVEL, "from a DPC"));
+        // SAFETY: a NUL-terminated format without conversions, and no arguments.
+        unsafe { DbgPrintEx(DPFLTR_IHVNETWORK_ID, DPFLTR_WARNING_LEVEL, c"a plain line\n".as_ptr().cast()) };
+    }
+    let messages = kernel.debug_messages();
+    let expected: [(u32, &str); 5] = [
+        (DPFLTR_INFO_LEVEL, "channel open: 100% of the handshake done\n"),
+        (DPFLTR_ERROR_LEVEL, "peer said"),
+        (DPFLTR_TRACE_LEVEL, &"x".repeat(DEBUG_PRINT_LIMIT)),
+        (DPFLTR_WARNING_LEVEL, "from a DPC"),
+        (DPFLTR_WARNING_LEVEL, "a plain line\n"),
+    ];
+    let messages: Vec<(u32, &str)> = messages.iter().map(|(level, text)| (*level, text.as_str())).collect();
+    assert_eq!(messages, expected, "a `%` prints as itself, a slice ends where it ends, 512 bytes at most");
+    assert_eq!(kernel.stats().debug_prints, 5);
+    kernel.finish();
+}
+
+#[test]
+fn expanded_stack_runs_the_closure_here_and_returns_its_value() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let caller = std::thread::current().id();
+        let mut borrowed = 0u32;
+        let result = with_expanded_stack(MAXIMUM_EXPANSION_SIZE, || {
+            // A frame as wide as RSA signing's (~10.5 KB), which a 24 KiB stack can't spare.
+            let wide = std::hint::black_box([7u8; 12 * 1024]);
+            borrowed += 1;
+            // SAFETY: reading this thread's IRQL.
+            let irql = unsafe { KeGetCurrentIrql() };
+            (std::thread::current().id(), irql, wide.iter().map(|&b| u32::from(b)).sum::<u32>())
+        });
+        assert_eq!(result, Ok((caller, PASSIVE_LEVEL, 7 * 12 * 1024)));
+        assert_eq!(borrowed, 1, "the closure ran once and could borrow from its caller");
+        // SAFETY: reading this thread's IRQL.
+        let irql = || unsafe { KeGetCurrentIrql() };
+        let at_apc = with_irql(APC_LEVEL, "the test", || with_expanded_stack(4096, irql));
+        assert_eq!(at_apc, Ok(APC_LEVEL), "the callout runs at the caller's IRQL");
+    }
+    assert_eq!(kernel.stats().stack_expansions, 2);
+    kernel.finish();
+}
+
+/// Set in the child process of [`bugcheck_stops_the_machine_and_names_its_code`].
+const BUGCHECK_CHILD: &str = "NTSIM_BUGCHECK_CHILD";
+
+/// KeBugCheckEx never returns, and ntsim's cannot unwind: it aborts the process. So the
+/// test runs its own binary again, as a child that bug-checks, and reads how it died.
+#[test]
+fn bugcheck_stops_the_machine_and_names_its_code() {
+    const NAME: &str = "bugcheck_stops_the_machine_and_names_its_code";
+    // A code no Windows bug check uses.
+    const CODE: u32 = 0xE7A5_0001;
+    if std::env::var_os(BUGCHECK_CHILD).is_some() {
+        let kernel = Kernel::boot();
+        let _in = kernel.enter();
+        // SAFETY: stopping the machine is the test.
+        unsafe { KeBugCheckEx(CODE, 1, 2, 3, 0xDEAD) };
+    }
+    let child = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([NAME, "--exact", "--nocapture"])
+        .env(BUGCHECK_CHILD, "1")
+        .output()
+        .expect("run the test binary again");
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(!child.status.success(), "the child must not finish: {}\n{stdout}\n{stderr}", child.status);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        const SIGABRT: i32 = 6;
+        assert_eq!(child.status.signal(), Some(SIGABRT), "{stderr}");
+    }
+    assert!(stdout.contains("running 1 test"), "the child ran this test: {stdout}");
+    assert!(stderr.contains("BUGCHECK 0xE7A50001 (0x1, 0x2, 0x3, 0xdead)"), "{stderr}");
 }

@@ -6,6 +6,8 @@
 //! MinGW's DDK and winsock headers. Any difference is a compile error that names the Rust
 //! item. MinGW has no wsk.h, so the WSK structures are compiled against
 //! `tests/layout/wsk_documented.h`, written down from Microsoft's wsk.h documentation.
+//! Function types are the exception to "Rust facts": each is written in C beside its Rust
+//! type (which must be the declaration's), and the compiler compares that with the header.
 //!
 //! The compiler is required: without it these tests fail, naming the Debian packages to
 //! install. They never skip.
@@ -136,6 +138,31 @@ macro_rules! constants {
     };
 }
 
+/// An imported function or a callback type, as a C function-pointer type written from
+/// its Rust declaration.
+struct Prototype {
+    /// What C compares: `&Function`, or the name of a pointer typedef.
+    c_expr: &'static str,
+    /// The C type, with `(CONV *)` where the declarator goes.
+    c_type: &'static str,
+}
+
+/// `prototype!(fn F: <Rust fn pointer type> => "<C fn pointer type>")` for an import,
+/// `prototype!(type T: <Rust type> => "<C type>")` for a callback typedef. The Rust type
+/// must be exactly the declaration's (checked when the table is built), so a row ties the
+/// Rust declaration to the C type beside it, and the C compiler checks that against the
+/// header.
+macro_rules! prototype {
+    (fn $name:ident: $rust:ty => $c:literal) => {{
+        let _same_rust_type: $rust = $name;
+        Prototype { c_expr: concat!("&", stringify!($name)), c_type: $c }
+    }};
+    (type $name:ident: $rust:ty => $c:literal) => {{
+        let _same_rust_type: fn($name) -> $rust = |x| x;
+        Prototype { c_expr: stringify!($name), c_type: $c }
+    }};
+}
+
 // ---------------------------------------------------------------------------------------
 // What is checked. (The tables are laid out by hand, hence `rustfmt::skip`.)
 
@@ -213,6 +240,14 @@ fn nt_layouts() -> Vec<Layout> {
             XStateContext.Area, XStateContext.Buffer,
         }),
         layout!(XSTATE_CONTEXT { Mask, Length, Reserved1, Area, Buffer }),
+        layout!(UNICODE_STRING { Length, MaximumLength, Buffer }),
+        layout!(DRIVER_OBJECT {
+            Type, Size, DeviceObject, Flags, DriverStart, DriverSize, DriverSection,
+            DriverExtension, DriverName, HardwareDatabase, FastIoDispatch, DriverInit,
+            DriverStartIo, DriverUnload, MajorFunction,
+        } nested {
+            DriverName.Length, DriverName.MaximumLength, DriverName.Buffer,
+        }),
     ]
 }
 
@@ -224,7 +259,11 @@ fn nt_scalars() -> Vec<Scalar> {
             BOOLEAN, CCHAR, CSHORT, ULONG_PTR, SIZE_T, LONGLONG, KPROCESSOR_MODE, KIRQL,
             KSPIN_LOCK, KPRIORITY, PFN_NUMBER,
         ],
-        others: [NTSTATUS, LARGE_INTEGER, EVENT_TYPE, KWAIT_REASON, MEMORY_CACHING_TYPE, TIMER_TYPE, WORK_QUEUE_TYPE],
+        others: [
+            NTSTATUS, LARGE_INTEGER, EVENT_TYPE, KWAIT_REASON, MEMORY_CACHING_TYPE, TIMER_TYPE,
+            WORK_QUEUE_TYPE, PDRIVER_INITIALIZE, PDRIVER_STARTIO, PDRIVER_UNLOAD, PDRIVER_DISPATCH,
+            PEXPAND_STACK_CALLOUT,
+        ],
     )
 }
 
@@ -237,7 +276,7 @@ fn nt_constants() -> Vec<Constant> {
         MDL_WRITE_OPERATION, MDL_NETWORK_HEADER, MDL_MAPPING_CAN_FAIL,
         SL_PENDING_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_SUCCESS, SL_INVOKE_ON_ERROR,
         IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL,
-        IRP_MJ_CLEANUP, IRP_MJ_PNP,
+        IRP_MJ_CLEANUP, IRP_MJ_PNP, IRP_MJ_MAXIMUM_FUNCTION,
         IO_TYPE_IRP, IO_NO_INCREMENT, IO_NETWORK_INCREMENT,
         PAGE_SIZE, PAGE_SHIFT,
         PASSIVE_LEVEL, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL,
@@ -245,6 +284,9 @@ fn nt_constants() -> Vec<Constant> {
         NotificationTimer, SynchronizationTimer, CriticalWorkQueue, DelayedWorkQueue,
         LowPagePriority, NormalPagePriority, HighPagePriority, MmCached,
         TRUE, FALSE,
+        DPFLTR_IHVNETWORK_ID, DPFLTR_ERROR_LEVEL, DPFLTR_WARNING_LEVEL, DPFLTR_TRACE_LEVEL,
+        DPFLTR_INFO_LEVEL,
+        KERNEL_STACK_SIZE, KERNEL_LARGE_STACK_SIZE, MAXIMUM_EXPANSION_SIZE,
     ];
     // The DDK's feature numbers, against the masks built from them.
     for (c_expr, value) in [
@@ -255,6 +297,37 @@ fn nt_constants() -> Vec<Constant> {
         constants.push(Constant { c_expr: c_expr.to_owned(), value: value as i64 });
     }
     constants
+}
+
+/// Imports and callback types, against the prototypes in MinGW's wdm.h and ntddk.h.
+#[rustfmt::skip]
+fn nt_prototypes() -> Vec<Prototype> {
+    vec![
+        prototype!(fn KeBugCheckEx:
+            unsafe extern "system" fn(u32, ULONG_PTR, ULONG_PTR, ULONG_PTR, ULONG_PTR) -> !
+            => "DECLSPEC_NORETURN VOID (NTAPI *)(ULONG, ULONG_PTR, ULONG_PTR, ULONG_PTR, ULONG_PTR)"),
+        prototype!(fn DbgPrintEx:
+            unsafe extern "C" fn(u32, u32, *const u8, ...) -> u32
+            => "ULONG (__cdecl *)(ULONG, ULONG, PCSTR, ...)"),
+        prototype!(fn KeExpandKernelStackAndCallout:
+            unsafe extern "system" fn(PEXPAND_STACK_CALLOUT, PVOID, SIZE_T) -> NTSTATUS
+            => "NTSTATUS (NTAPI *)(PEXPAND_STACK_CALLOUT, PVOID, SIZE_T)"),
+        prototype!(type PEXPAND_STACK_CALLOUT:
+            Option<unsafe extern "system" fn(PVOID)>
+            => "VOID (NTAPI *)(PVOID)"),
+        prototype!(type PDRIVER_INITIALIZE:
+            Option<unsafe extern "system" fn(*mut DRIVER_OBJECT, *mut UNICODE_STRING) -> NTSTATUS>
+            => "NTSTATUS (NTAPI *)(PDRIVER_OBJECT, PUNICODE_STRING)"),
+        prototype!(type PDRIVER_STARTIO:
+            Option<unsafe extern "system" fn(*mut DEVICE_OBJECT, *mut IRP)>
+            => "VOID (NTAPI *)(PDEVICE_OBJECT, PIRP)"),
+        prototype!(type PDRIVER_UNLOAD:
+            Option<unsafe extern "system" fn(*mut DRIVER_OBJECT)>
+            => "VOID (NTAPI *)(PDRIVER_OBJECT)"),
+        prototype!(type PDRIVER_DISPATCH:
+            Option<unsafe extern "system" fn(*mut DEVICE_OBJECT, *mut IRP) -> NTSTATUS>
+            => "NTSTATUS (NTAPI *)(PDEVICE_OBJECT, PIRP)"),
+    ]
 }
 
 /// The extended processor state masks, against winnt.h.
@@ -398,6 +471,21 @@ fn scalar_asserts(scalars: &[Scalar]) -> Vec<String> {
     out
 }
 
+fn prototype_asserts(prototypes: &[Prototype]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, p) in prototypes.iter().enumerate() {
+        let (expr, c_type) = (p.c_expr, p.c_type);
+        let declarator = c_type.replacen("*)", &format!("*wsktls_prototype_{i})"), 1);
+        assert_ne!(declarator, c_type, "{expr}: a C function-pointer type has a `*)`");
+        out.push(format!("typedef {declarator};"));
+        out.push(format!(
+            "_Static_assert(__builtin_types_compatible_p(__typeof__({expr}), wsktls_prototype_{i}), \
+             \"{expr}: Rust says {c_type}\");"
+        ));
+    }
+    out
+}
+
 fn constant_asserts(constants: &[Constant]) -> Vec<String> {
     constants
         .iter()
@@ -476,6 +564,11 @@ fn nt_structures_match_mingw_ddk_headers() {
     let mut asserts = layout_asserts(&nt_layouts());
     asserts.extend(scalar_asserts(&nt_scalars()));
     check("nt_structures", NT_HEADERS, &asserts);
+}
+
+#[test]
+fn prototypes_match_mingw_ddk_headers() {
+    check("nt_prototypes", NT_HEADERS, &prototype_asserts(&nt_prototypes()));
 }
 
 #[test]
@@ -566,6 +659,18 @@ fn well_known_x64_sizes_and_offsets_hold() {
     assert_eq!(IoSizeOfIrp(2), 208 + 2 * 72);
     assert_eq!(size_of::<XSTATE_SAVE>(), 56);
     assert_eq!(offset_of!(XSTATE_SAVE, XStateContext), 24);
+    assert_eq!(size_of::<UNICODE_STRING>(), 16);
+    assert_eq!(size_of::<DRIVER_OBJECT>(), 0x150);
+    assert_eq!(offset_of!(DRIVER_OBJECT, DriverUnload), 0x68);
+    assert_eq!(offset_of!(DRIVER_OBJECT, MajorFunction), 0x70);
+    assert_eq!(KERNEL_STACK_SIZE, 0x6000);
+    assert_eq!(MAXIMUM_EXPANSION_SIZE, 0x12000 - 0x800);
+}
+
+/// DbgPrintEx's documented limit: one call transmits at most 512 bytes.
+#[test]
+fn debug_print_limit_is_the_documented_512_bytes() {
+    assert_eq!(DEBUG_PRINT_LIMIT, 512);
 }
 
 /// The check is not vacuous: one wrong offset among the real ones fails the compile, and
@@ -582,6 +687,23 @@ fn layout_check_rejects_a_wrong_offset() {
         .expect_err("IRP.IoStatus claimed at 56 must not compile");
     println!("{diagnostics}");
     assert!(diagnostics.contains("IRP.IoStatus: Rust says offset 56"), "{diagnostics}");
+    assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
+}
+
+/// Likewise for prototypes: one parameter of the wrong width fails, named.
+#[test]
+fn layout_check_rejects_a_wrong_prototype() {
+    let mut prototypes = nt_prototypes();
+    let expand = prototypes
+        .iter_mut()
+        .find(|p| p.c_expr == "&KeExpandKernelStackAndCallout")
+        .expect("KeExpandKernelStackAndCallout is checked");
+    expand.c_type = "NTSTATUS (NTAPI *)(PEXPAND_STACK_CALLOUT, PVOID, ULONG)";
+
+    let diagnostics = compile("wrong_prototype", NT_HEADERS, &prototype_asserts(&prototypes))
+        .expect_err("a ULONG Size must not compile");
+    println!("{diagnostics}");
+    assert!(diagnostics.contains("&KeExpandKernelStackAndCallout: Rust says"), "{diagnostics}");
     assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
 }
 

@@ -12,10 +12,11 @@ use ntsim::{Config, Faults, Kernel, Report, Rule, with_irql};
 use wsktls::nt::{
     DEVICE_OBJECT, DISPATCH_LEVEL, ExAllocatePool2, ExFreePoolWithTag, FALSE, HIGH_LEVEL, IRP, IoAllocateIrp,
     IoAllocateMdl, IoCompleteRequest, IoFreeIrp, IoFreeMdl, IoSetCompletionRoutine,
-    IoSetNextIrpStackLocation, KeRestoreExtendedProcessorState, KeSaveExtendedProcessorState, MDL,
-    MmBuildMdlForNonPagedPool, NTSTATUS, PIO_COMPLETION_ROUTINE, POOL_FLAG_NON_PAGED, PoolBuffer,
-    STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED, STATUS_NOT_SUPPORTED, STATUS_SUCCESS, WSK_BUF,
-    XSTATE_MASK_AVX, XSTATE_MASK_LEGACY, XSTATE_SAVE, system_random,
+    IoSetNextIrpStackLocation, KeRestoreExtendedProcessorState, KeSaveExtendedProcessorState,
+    MAXIMUM_EXPANSION_SIZE, MDL, MmBuildMdlForNonPagedPool, NTSTATUS, PIO_COMPLETION_ROUTINE,
+    POOL_FLAG_NON_PAGED, PoolBuffer, STATUS_INVALID_PARAMETER, STATUS_INVALID_PARAMETER_3,
+    STATUS_INVALID_PARAMETER_4, STATUS_MORE_PROCESSING_REQUIRED, STATUS_NOT_SUPPORTED, STATUS_SUCCESS,
+    WSK_BUF, XSTATE_MASK_AVX, XSTATE_MASK_LEGACY, XSTATE_SAVE, system_random, with_expanded_stack,
 };
 use wsktls::wsk::{Request, Socket, WskClient};
 
@@ -414,6 +415,64 @@ fn completion_routine_returning_with_extended_state_saved_is_reported() {
         reports
             .iter()
             .any(|r| r.rule == Rule::ExtendedStateNotRestored && r.detail.contains("completion routine")),
+        "{reports:?}"
+    );
+    assert_eq!(reports.len(), 1, "reported once, not again at unload: {reports:?}");
+    kernel.finish();
+}
+
+#[test]
+fn stack_expansion_beyond_the_maximum_is_refused_and_reported() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut ran = false;
+        let r = with_expanded_stack(MAXIMUM_EXPANSION_SIZE + 1, || ran = true); // the bug
+        assert_eq!(r, Err(STATUS_INVALID_PARAMETER_3));
+        assert!(!ran, "a refused expansion runs nothing");
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports.iter().any(|r| r.rule == Rule::BadParameter && r.detail.contains("MAXIMUM_EXPANSION_SIZE")),
+        "{reports:?}"
+    );
+    assert_eq!(kernel.stats().stack_expansions, 0);
+    kernel.finish();
+}
+
+#[test]
+fn stack_expansion_at_dispatch_level_is_reported_and_refused() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut ran = false;
+        let r = with_irql(DISPATCH_LEVEL, "the test", || with_expanded_stack(4096, || ran = true)); // the bug
+        assert_eq!(r, Err(STATUS_INVALID_PARAMETER_4));
+        assert!(!ran, "a refused expansion runs nothing");
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.rule == Rule::IrqlTooHigh && r.detail.contains("KeExpandKernelStackAndCallout")),
+        "{reports:?}"
+    );
+    kernel.finish();
+}
+
+#[test]
+fn stack_expansion_callout_returning_with_extended_state_saved_is_reported() {
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        let mut storage = XSTATE_SAVE::zeroed();
+        let r = with_expanded_stack(4096, || save(&mut storage)); // the bug: no restore inside
+        assert_eq!(r, Ok(STATUS_SUCCESS));
+    }
+    let reports = kernel.take_reports();
+    assert!(
+        reports.iter().any(|r| r.rule == Rule::ExtendedStateNotRestored
+            && r.detail.contains("KeExpandKernelStackAndCallout callout")),
         "{reports:?}"
     );
     assert_eq!(reports.len(), 1, "reported once, not again at unload: {reports:?}");

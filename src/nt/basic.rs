@@ -20,6 +20,17 @@ pub type KPROCESSOR_MODE = i8;
 pub const KernelMode: KPROCESSOR_MODE = 0;
 pub const UserMode: KPROCESSOR_MODE = 1;
 
+/// A counted UTF-16 string (ntdef.h), 16 bytes on x64. `Length` and `MaximumLength` are
+/// in bytes, not characters; `Buffer` need not be NUL-terminated. Plain data: usable at
+/// any IRQL if `Buffer` is in nonpaged memory, else at IRQL <= APC_LEVEL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UNICODE_STRING {
+    pub Length: u16,
+    pub MaximumLength: u16,
+    pub Buffer: *mut u16,
+}
+
 #[repr(C)]
 #[derive(Debug)]
 pub struct LIST_ENTRY {

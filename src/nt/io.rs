@@ -30,6 +30,9 @@ pub const IRP_MJ_DEVICE_CONTROL: u8 = 0x0e;
 pub const IRP_MJ_INTERNAL_DEVICE_CONTROL: u8 = 0x0f;
 pub const IRP_MJ_CLEANUP: u8 = 0x12;
 pub const IRP_MJ_PNP: u8 = 0x1b;
+/// `IRP_MJ_MAXIMUM_FUNCTION`: the highest major function code; `DRIVER_OBJECT.MajorFunction`
+/// has one entry per code, `IRP_MJ_MAXIMUM_FUNCTION + 1` in all.
+pub const IRP_MJ_MAXIMUM_FUNCTION: u8 = 0x1b;
 
 /// Device objects are opaque to wsktls until it creates its own (the interface work).
 #[repr(C)]

@@ -21,12 +21,15 @@
 
 mod basic;
 mod bcrypt;
+mod debug;
+mod driver;
 mod ex;
 mod inet;
 mod io;
 mod ke;
 mod mm;
 mod pool;
+mod stack;
 mod status;
 mod sync;
 mod time;
@@ -35,12 +38,15 @@ mod xstate;
 
 pub use basic::*;
 pub use bcrypt::*;
+pub use debug::*;
+pub use driver::*;
 pub use ex::*;
 pub use inet::*;
 pub use io::*;
 pub use ke::*;
 pub use mm::*;
 pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
+pub use stack::*;
 pub use status::*;
 pub use sync::{Event, Guard, SpinLock};
 pub use time::*;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::faults::Faults;
 use crate::rng::Rng;
 use crate::verifier::Report;
-use crate::{io, mdl, pool, sync, timer, workitem, wsk, xstate};
+use crate::{debug, io, mdl, pool, sync, timer, workitem, wsk, xstate};
 
 /// How a kernel boots.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,7 @@ pub(crate) struct KernelInner {
     pub(crate) work: workitem::WorkItems,
     pub(crate) wsk: wsk::Provider,
     pub(crate) xstate: xstate::Saves,
+    pub(crate) debug: debug::DebugLog,
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     reports: Mutex<Vec<Report>>,
@@ -52,6 +53,8 @@ pub(crate) struct Counters {
     pub(crate) rng_bytes: AtomicU64,
     pub(crate) xstate_saves: AtomicU64,
     pub(crate) xstate_restores: AtomicU64,
+    pub(crate) debug_prints: AtomicU64,
+    pub(crate) stack_expansions: AtomicU64,
     /// Successful ExAllocatePool2, IoAllocateIrp and IoAllocateMdl calls.
     pub(crate) allocations: AtomicU64,
 }
@@ -82,6 +85,11 @@ pub struct Stats {
     /// Pool blocks, IRPs and MDLs allocated since boot (successful calls): a data path
     /// that allocates nothing leaves this unchanged.
     pub allocations: u64,
+    /// DbgPrintEx calls (their newest messages: [`Kernel::debug_messages`]).
+    pub debug_prints: u64,
+    /// KeExpandKernelStackAndCallout calls that ran their callout (refused ones are not
+    /// counted).
+    pub stack_expansions: u64,
 }
 
 impl KernelInner {
@@ -180,6 +188,7 @@ impl Kernel {
             work: workitem::WorkItems::default(),
             wsk: provider,
             xstate: xstate::Saves::default(),
+            debug: debug::DebugLog::default(),
             faults: Mutex::new(config.faults),
             rng: Mutex::new(Rng::new(seed)),
             reports: Mutex::new(Vec::new()),
@@ -278,7 +287,15 @@ impl Kernel {
             xstate_saves: c.xstate_saves.load(Ordering::Relaxed),
             xstate_restores: c.xstate_restores.load(Ordering::Relaxed),
             allocations: c.allocations.load(Ordering::Relaxed),
+            debug_prints: c.debug_prints.load(Ordering::Relaxed),
+            stack_expansions: c.stack_expansions.load(Ordering::Relaxed),
         }
+    }
+
+    /// The newest DbgPrintEx messages (at most 256), oldest first, as `(level, text)`;
+    /// each text is what the kernel would transmit (at most `DEBUG_PRINT_LIMIT` bytes).
+    pub fn debug_messages(&self) -> Vec<(u32, String)> {
+        self.inner.debug.messages()
     }
 
     /// Unloads: stops the provider, then reports every socket, registration, IRP, MDL,

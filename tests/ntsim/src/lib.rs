@@ -19,6 +19,7 @@
 #![allow(non_snake_case, non_upper_case_globals, clippy::missing_safety_doc)]
 
 mod bcrypt;
+mod debug;
 mod faults;
 mod io;
 mod irql;
@@ -26,6 +27,7 @@ mod kernel;
 mod mdl;
 mod pool;
 mod rng;
+mod stack;
 mod sync;
 mod time;
 mod timer;

@@ -74,6 +74,9 @@ pub enum Rule {
     /// work item or completion routine), or at unload: the next code on that processor
     /// would run with the driver's vector registers.
     ExtendedStateNotRestored,
+    /// The driver called KeBugCheckEx: the machine stops. ntsim records the code and the
+    /// four parameters, prints them to stderr and aborts the process.
+    BugCheck,
 }
 
 /// One verifier finding.
