@@ -8,6 +8,9 @@ pub use wsktls_nt as nt;
 
 pub mod channel;
 pub mod interface;
+#[cfg(target_os = "windows")]
+mod kernel;
+pub mod log;
 pub mod platform;
 pub mod tls;
 pub mod wsk;

@@ -10,9 +10,11 @@ use super::receive::Rx;
 use super::send::{SEND_SLOTS, Tx};
 use super::status::status_of;
 use super::{Channel, ReceiveDone, SendDone, Shared};
+use crate::log;
+use crate::log::Level;
 use crate::nt::{
     Event, NTSTATUS, PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
-    STATUS_IO_TIMEOUT, SpinLock, interrupt_time_100ns, pool_tag,
+    STATUS_IO_TIMEOUT, SpinLock, interrupt_time_100ns, pool_tag, with_expanded_stack,
 };
 use crate::platform::PLATFORM;
 use crate::tls::record::{MAX_RECORD, OVERHEAD};
@@ -23,6 +25,10 @@ const TAG_CHANNEL: u32 = pool_tag(b"WtCh");
 const TAG_RECORD: u32 = pool_tag(b"WtTx");
 const TAG_RECEIVE: u32 = pool_tag(b"WtRx");
 const TAG_HANDSHAKE: u32 = pool_tag(b"WtHs");
+
+/// Stack for connect and its handshake: connect's own frame is about 9.6 KiB (release) and
+/// ring's RSA verification about 10.5 KiB, with rustls and webpki between them; leave room.
+const CONNECT_STACK: usize = 48 * 1024;
 
 /// Room for our handshake flights: a ClientHello, or a client certificate chain with its
 /// CertificateVerify and Finished.
@@ -35,6 +41,18 @@ impl Channel {
     /// the socket's (STATUS_CONNECTION_REFUSED, ...); STATUS_IO_TIMEOUT; and the TLS
     /// failures of README's table.
     pub fn connect(client: &WskClient, config: &ChannelConfig) -> Result<Channel, NTSTATUS> {
+        // The handshake's depth (rustls, webpki, ring's RSA with a ~10 KiB frame) is more
+        // than a 24 KiB kernel stack can spare: run it all on an expanded stack.
+        let opened =
+            with_expanded_stack(CONNECT_STACK, || Self::connect_here(client, config)).and_then(|r| r);
+        match &opened {
+            Ok(c) => log!(Level::Info, "channel open to {} ({:?})", config.remote, c.shared.suite),
+            Err(status) => log!(Level::Warning, "channel to {} not opened: {:?}", config.remote, status),
+        }
+        opened
+    }
+
+    fn connect_here(client: &WskClient, config: &ChannelConfig) -> Result<Channel, NTSTATUS> {
         if !config.is_valid() {
             return Err(STATUS_INVALID_PARAMETER);
         }

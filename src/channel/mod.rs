@@ -136,7 +136,9 @@ impl Shared {
                 status::status_of(e)
             }
         };
-        let _ = self.failure.compare_exchange(0, status.0, Ordering::AcqRel, Ordering::Acquire);
+        if self.failure.compare_exchange(0, status.0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            crate::log!(crate::log::Level::Warning, "channel failed: {:?}", status);
+        }
         self.pump_tx();
         self.pump_rx();
         self.signal_drained();
