@@ -33,6 +33,8 @@ mod stack;
 mod status;
 mod sync;
 mod time;
+#[cfg(feature = "wdk")]
+mod wdk;
 mod wsk;
 mod xstate;
 
