@@ -175,9 +175,7 @@ impl Rx {
         platform: &P,
     ) -> Result<Action, Failure> {
         if let Some(status) = failure {
-            while let Some(op) = self.queue.pop() {
-                done.add(op, status, op.done());
-            }
+            self.queue.fail_all(status, done);
             return Ok(Action::default());
         }
         if let Some((status, bytes)) = self.received.take() {

@@ -212,9 +212,7 @@ impl Tx {
 
     /// Fails every consumer send still queued.
     fn fail_all(&mut self, status: NTSTATUS, done: &mut Completions) {
-        while let Some(op) = self.queue.pop() {
-            done.add(op, status, op.done());
-        }
+        self.queue.fail_all(status, done);
         self.cursor = None;
     }
 

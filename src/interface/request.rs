@@ -184,6 +184,13 @@ impl RequestQueue {
         (!next.is_null()).then_some(ConsumerRequest(next))
     }
 
+    /// Moves every request to `done` with `status` and the bytes each had moved.
+    pub(crate) fn fail_all(&mut self, status: NTSTATUS, done: &mut Completions) {
+        while let Some(request) = self.pop() {
+            done.add(request, status, request.done());
+        }
+    }
+
     pub(crate) fn pop(&mut self) -> Option<ConsumerRequest> {
         let front = self.front()?;
         self.head = front.get(NEXT).cast();

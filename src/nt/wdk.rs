@@ -17,12 +17,12 @@ macro_rules! same_size {
     };
 }
 
-macro_rules! same_offset {
-    ($($ours:ident :: $field:ident = $theirs:ident;)*) => {
-        $(const _: () = assert!(
-            offset_of!(crate::$ours, $field) == offset_of!(w::$theirs, $field),
-            concat!(stringify!($ours), ".", stringify!($field))
-        );)*
+macro_rules! same_offsets {
+    ($($ty:ident { $($field:ident),* })*) => {
+        $($(const _: () = assert!(
+            offset_of!(crate::$ty, $field) == offset_of!(w::$ty, $field),
+            concat!(stringify!($ty), ".", stringify!($field))
+        );)*)*
     };
 }
 
@@ -45,22 +45,15 @@ same_size! {
     crate::NTSTATUS = w::NTSTATUS;
 }
 
-same_offset! {
-    IRP::MdlAddress = IRP;
-    IRP::IoStatus = IRP;
-    IRP::CancelRoutine = IRP;
-    IRP::Tail = IRP;
-    IO_STACK_LOCATION::CompletionRoutine = IO_STACK_LOCATION;
-    IO_STACK_LOCATION::Context = IO_STACK_LOCATION;
-    MDL::Next = MDL;
-    MDL::MappedSystemVa = MDL;
-    MDL::ByteCount = MDL;
-    MDL::ByteOffset = MDL;
-    DRIVER_OBJECT::DriverUnload = DRIVER_OBJECT;
-    DRIVER_OBJECT::MajorFunction = DRIVER_OBJECT;
+same_offsets! {
+    IRP { MdlAddress, IoStatus, CancelRoutine, Tail }
+    IO_STACK_LOCATION { CompletionRoutine, Context }
+    MDL { Next, MappedSystemVa, ByteCount, ByteOffset }
+    DRIVER_OBJECT { DriverUnload, MajorFunction }
 }
 
-// The functions, in wdk-sys's types: a signature that differs from ours fails to compile.
+// The functions, written in wdk-sys's types (sized like ours, above) as src/nt declares
+// them: a different signature fails to compile.
 const _: unsafe extern "C" fn(w::CCHAR, w::BOOLEAN) -> w::PIRP = w::ntddk::IoAllocateIrp;
 const _: unsafe extern "C" fn(w::PIRP) = w::ntddk::IoFreeIrp;
 const _: unsafe extern "C" fn(w::PIRP, w::CCHAR) = w::ntddk::IofCompleteRequest;
