@@ -76,8 +76,12 @@ impl Tools {
 
 /// The packages whose files are absent, each named once.
 fn missing_packages() -> Vec<String> {
+    missing_from(&NEEDED)
+}
+
+fn missing_from(needed: &[(&str, &str)]) -> Vec<String> {
     let mut missing: Vec<String> = Vec::new();
-    for (path, package) in NEEDED {
+    for &(path, package) in needed {
         if !Path::new(path).exists() && !missing.iter().any(|m| m == package) {
             missing.push(package.to_string());
         }
@@ -102,4 +106,20 @@ pub fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
         return Err(format!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
     }
     String::from_utf8(out.stdout).map_err(|e| format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_missing_package_is_named_once_and_present_ones_not_at_all() {
+        let needed = [
+            ("/nonexistent/wsktls/llvm-lib-22", "llvm-22"),
+            ("/nonexistent/wsktls/llvm-readobj-22", "llvm-22"),
+            ("/", "present-package"),
+            ("/nonexistent/wsktls/osslsigncode", "osslsigncode"),
+        ];
+        assert_eq!(missing_from(&needed), ["llvm-22", "osslsigncode"]);
+    }
 }
