@@ -5,7 +5,7 @@
 //! and `DriverUnload` (in DriverEntry, at PASSIVE_LEVEL) and reads `DriverName`. It never
 //! frees the object or writes the other fields.
 
-use crate::{CSHORT, DEVICE_OBJECT, IRP, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, PVOID, UNICODE_STRING};
+use crate::{PDRIVER_ADD_DEVICE, CSHORT, DEVICE_OBJECT, IRP, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, PVOID, UNICODE_STRING};
 
 /// `DRIVER_INITIALIZE`: the entry point, `DriverEntry(DriverObject, RegistryPath)`. Called
 /// once, at PASSIVE_LEVEL, in a system thread.
@@ -32,10 +32,13 @@ pub type PDRIVER_UNLOAD = Option<unsafe extern "system" fn(DriverObject: *mut DR
 pub type PDRIVER_DISPATCH =
     Option<unsafe extern "system" fn(DeviceObject: *mut DEVICE_OBJECT, Irp: *mut IRP) -> NTSTATUS>;
 
-/// The driver extension, opaque: the I/O manager's (AddDevice, the service key name).
+/// The driver extension (wdm.h): where a PnP driver leaves its AddDevice routine.
 #[repr(C)]
 pub struct DRIVER_EXTENSION {
-    _opaque: [u8; 0],
+    pub DriverObject: *mut DRIVER_OBJECT,
+    pub AddDevice: PDRIVER_ADD_DEVICE,
+    pub Count: u32,
+    pub ServiceKeyName: UNICODE_STRING,
 }
 
 /// The fast I/O dispatch table of file system drivers, opaque: wsktls has none.

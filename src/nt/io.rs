@@ -7,7 +7,7 @@ use core::mem::size_of;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::{
-    BOOLEAN, CCHAR, CSHORT, KEVENT, KIRQL, KPROCESSOR_MODE, LIST_ENTRY, MDL, NTSTATUS, PVOID, ULONG_PTR,
+    BOOLEAN, CCHAR, CSHORT, DRIVER_OBJECT, KDPC, KEVENT, KIRQL, KPROCESSOR_MODE, LIST_ENTRY, MDL, NTSTATUS, PVOID, ULONG_PTR,
 };
 
 /// `IO_TYPE_IRP`: the `Type` of every IRP.
@@ -29,21 +29,63 @@ pub const IRP_MJ_CLOSE: u8 = 0x02;
 pub const IRP_MJ_DEVICE_CONTROL: u8 = 0x0e;
 pub const IRP_MJ_INTERNAL_DEVICE_CONTROL: u8 = 0x0f;
 pub const IRP_MJ_CLEANUP: u8 = 0x12;
+pub const IRP_MJ_POWER: u8 = 0x16;
+pub const IRP_MJ_SYSTEM_CONTROL: u8 = 0x17;
 pub const IRP_MJ_PNP: u8 = 0x1b;
 /// `IRP_MJ_MAXIMUM_FUNCTION`: the highest major function code; `DRIVER_OBJECT.MajorFunction`
 /// has one entry per code, `IRP_MJ_MAXIMUM_FUNCTION + 1` in all.
 pub const IRP_MJ_MAXIMUM_FUNCTION: u8 = 0x1b;
 
-/// Device objects are opaque to wsktls until it creates its own (the interface work).
+/// A device object (wdm.h), 0x148 bytes on x64. The I/O manager allocates it with the
+/// driver's extension behind it (IoCreateDevice); the driver reads `DeviceExtension`,
+/// sets `Flags` and `StackSize` while creating it, and leaves the rest alone.
 #[repr(C)]
 pub struct DEVICE_OBJECT {
-    _opaque: [u8; 0],
+    pub Type: CSHORT,
+    pub Size: u16,
+    pub ReferenceCount: i32,
+    pub DriverObject: *mut DRIVER_OBJECT,
+    pub NextDevice: *mut DEVICE_OBJECT,
+    /// The device attached above this one, if any.
+    pub AttachedDevice: *mut DEVICE_OBJECT,
+    pub CurrentIrp: *mut IRP,
+    pub Timer: PVOID,
+    /// `DO_*` flags: AddDevice clears DO_DEVICE_INITIALIZING.
+    pub Flags: u32,
+    pub Characteristics: u32,
+    pub Vpb: PVOID,
+    /// The driver's own per-device storage.
+    pub DeviceExtension: PVOID,
+    pub DeviceType: u32,
+    /// Stack locations an IRP sent to this device needs (one more than the device below).
+    pub StackSize: CCHAR,
+    /// WAIT_CONTEXT_BLOCK / LIST_ENTRY union: the I/O manager's.
+    pub Queue: [u64; 9],
+    pub AlignmentRequirement: u32,
+    /// KDEVICE_QUEUE: the I/O manager's.
+    pub DeviceQueue: [u64; 5],
+    pub Dpc: KDPC,
+    pub ActiveThreadCount: u32,
+    pub SecurityDescriptor: PVOID,
+    pub DeviceLock: KEVENT,
+    pub SectorSize: u16,
+    pub Spare1: u16,
+    pub DeviceObjectExtension: PVOID,
+    pub Reserved: PVOID,
 }
 
-/// File objects are opaque to wsktls.
+/// A file object (wdm.h), 0xD8 bytes on x64; what a consumer's open of wsktls's device
+/// makes. wsktls reads the fields up to `FsContext2` (its per-open state goes there).
 #[repr(C)]
 pub struct FILE_OBJECT {
-    _opaque: [u8; 0],
+    pub Type: CSHORT,
+    pub Size: CSHORT,
+    pub DeviceObject: *mut DEVICE_OBJECT,
+    pub Vpb: PVOID,
+    pub FsContext: PVOID,
+    pub FsContext2: PVOID,
+    /// The rest (section pointers, flags, the file name, locks...): the I/O manager's.
+    pub _Rest: [u64; 22],
 }
 
 #[repr(C)]
@@ -317,6 +359,28 @@ pub unsafe fn IoSkipCurrentIrpStackLocation(irp: *mut IRP) {
     unsafe {
         (*irp).CurrentLocation += 1;
         (*irp).Tail.Overlay.CurrentStackLocation = (*irp).Tail.Overlay.CurrentStackLocation.add(1);
+    }
+}
+
+/// `IoCopyCurrentIrpStackLocationToNext`: the next driver gets the same parameters (and
+/// no completion routine of ours until one is set).
+///
+/// # Safety
+/// `irp` must be a valid IRP with a stack location below the current one.
+#[inline]
+pub unsafe fn IoCopyCurrentIrpStackLocationToNext(irp: *mut IRP) {
+    // SAFETY: per the caller, both locations are inside the IRP's stack array.
+    unsafe {
+        let current = IoGetCurrentIrpStackLocation(irp);
+        let next = IoGetNextIrpStackLocation(irp);
+        (*next).MajorFunction = (*current).MajorFunction;
+        (*next).MinorFunction = (*current).MinorFunction;
+        (*next).Flags = (*current).Flags;
+        (*next).Parameters = (*current).Parameters;
+        (*next).FileObject = (*current).FileObject;
+        (*next).Control = 0;
+        (*next).CompletionRoutine = None;
+        (*next).Context = core::ptr::null_mut();
     }
 }
 

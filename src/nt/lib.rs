@@ -28,6 +28,7 @@ mod inet;
 mod io;
 mod ke;
 mod mm;
+mod pnp;
 mod pool;
 mod stack;
 mod status;
@@ -36,6 +37,7 @@ mod time;
 #[cfg(feature = "wdk")]
 mod wdk;
 mod wsk;
+mod wsktls;
 mod xstate;
 
 pub use basic::*;
@@ -47,10 +49,12 @@ pub use inet::*;
 pub use io::*;
 pub use ke::*;
 pub use mm::*;
+pub use pnp::*;
 pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
 pub use stack::*;
 pub use status::*;
 pub use sync::{Event, Guard, SpinLock};
 pub use time::*;
 pub use wsk::*;
+pub use wsktls::*;
 pub use xstate::*;
