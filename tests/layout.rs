@@ -9,6 +9,10 @@
 //! Function types are the exception to "Rust facts": each is written in C beside its Rust
 //! type (which must be the declaration's), and the compiler compares that with the header.
 //!
+//! wsktls's own published header, `src/interface/wsktls.h`, is checked the same way against
+//! its Rust twin `src/nt/wsktls.rs` (layouts, member types, prototypes, values, the GUID);
+//! there the C side is ours, written to match.
+//!
 //! The compiler is required: without it these tests fail, naming the Debian packages to
 //! install. They never skip.
 
@@ -28,6 +32,9 @@ const PACKAGES: &str = "gcc-mingw-w64-x86-64 and mingw-w64-x86-64-dev";
 const NT_HEADERS: &[&str] = &["<ntddk.h>", "<ntstatus.h>"];
 /// The WSK structures: the kernel headers plus wsk.h as documented.
 const WSK_HEADERS: &[&str] = &["<ntddk.h>", "\"wsk_documented.h\""];
+/// wsktls's published header, included as a consumer driver does: after the kernel
+/// headers and wsk.h.
+const WSKTLS_HEADERS: &[&str] = &["<ntddk.h>", "\"wsk_documented.h\"", "\"wsktls.h\""];
 /// The socket address types come from the user-mode winsock headers, which clash with the
 /// DDK's in one translation unit.
 const WINSOCK_HEADERS: &[&str] = &["<winsock2.h>", "<ws2tcpip.h>"];
@@ -161,6 +168,49 @@ macro_rules! prototype {
         let _same_rust_type: fn($name) -> $rust = |x| x;
         Prototype { c_expr: stringify!($name), c_type: $c }
     }};
+}
+
+/// A structure wsktls publishes: its layout, and each member's C type.
+struct Published {
+    layout: Layout,
+    members: Vec<Member>,
+}
+
+/// One member's type as the header must spell it.
+struct Member {
+    rust: &'static str,
+    c_type: &'static str,
+}
+
+/// `published!(T { Field: <Rust type> => "<C type>", ... })`: every field of `T`, in any
+/// order (the list is also an exhaustive struct pattern, so a field added in Rust and not
+/// here does not compile). Each row gives the field's offset and size (as `layout!`) and
+/// its type: the Rust type must be exactly the field's, and the C compiler checks the
+/// header's member against the C type beside it (signedness, pointee, `const`).
+macro_rules! published {
+    ($ty:ident { $($f:ident: $rust:ty => $c:literal),* $(,)? }) => {{
+        let _every_field_is_listed = |v: &$ty| {
+            let $ty { $($f: _),* } = v;
+        };
+        Published {
+            layout: Layout {
+                c_type: stringify!($ty),
+                size: size_of::<$ty>(),
+                align: align_of::<$ty>(),
+                fields: vec![$(field!($ty, $f),)*],
+            },
+            members: vec![$({
+                let _same_rust_type: fn(&$ty) -> &$rust = |v| &v.$f;
+                Member { rust: stringify!($f), c_type: $c }
+            },)*],
+        }
+    }};
+}
+
+/// A GUID the header declares with DEFINE_GUID, and Rust's value of it.
+struct Guid {
+    name: &'static str,
+    value: GUID,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -428,6 +478,152 @@ fn socket_constants() -> Vec<Constant> {
     constants
 }
 
+// wsktls.h, the header consumer drivers include. When the interface grows, its row goes
+// here before the header compiles against it: a structure or a field, in
+// `wsktls_structures` (Rust refuses to build while a field is missing from its row); a
+// function-pointer type, in `wsktls_prototypes` (and its member in WSKTLS_DISPATCH's row);
+// a constant, in `wsktls_constants` (a new `STATUS_WSKTLS_*` needs no row: every entry of
+// WSKTLS_STATUSES is checked); a GUID, in `wsktls_guids` (a DEFINE_GUID in the header
+// without a row does not compile). A new version keeps the old structures: grow them only
+// at the end, behind their Size, so the rows' offsets for the old fields stay as they are.
+
+/// Every structure in src/nt/wsktls.rs (the opaque handles have no layout: C only names
+/// them, as incomplete types behind the PWSKTLS_* pointers the prototypes check).
+#[rustfmt::skip]
+fn wsktls_structures() -> Vec<Published> {
+    vec![
+        published!(WSKTLS_PROVIDER_REQUEST {
+            Size: u32 => "ULONG",
+            Version: u16 => "USHORT",
+            Reserved: u16 => "USHORT",
+        }),
+        published!(WSKTLS_PROVIDER_NPI {
+            Size: u32 => "ULONG",
+            Version: u16 => "USHORT",
+            Reserved: u16 => "USHORT",
+            Provider: *mut WSKTLS_PROVIDER => "PWSKTLS_PROVIDER",
+            Dispatch: *const WSKTLS_DISPATCH => "const WSKTLS_DISPATCH *",
+        }),
+        published!(WSKTLS_BLOB {
+            Length: u32 => "ULONG",
+            Data: *const u8 => "const UCHAR *",
+        }),
+        published!(WSKTLS_CONNECT_PARAMETERS {
+            Size: u32 => "ULONG",
+            Version: u16 => "USHORT",
+            Reserved: u16 => "USHORT",
+            RemoteAddress: *const SOCKADDR => "const struct sockaddr *",
+            ServerName: WSKTLS_BLOB => "WSKTLS_BLOB",
+            TrustAnchorCount: u32 => "ULONG",
+            TrustAnchors: *const WSKTLS_BLOB => "const WSKTLS_BLOB *",
+            PinSha256: *const u8 => "const UCHAR *",
+            ClientChainCount: u32 => "ULONG",
+            ClientChain: *const WSKTLS_BLOB => "const WSKTLS_BLOB *",
+            ClientKey: WSKTLS_BLOB => "WSKTLS_BLOB",
+            AlpnCount: u32 => "ULONG",
+            Alpn: *const WSKTLS_BLOB => "const WSKTLS_BLOB *",
+            Suites: u32 => "ULONG",
+            RecordSize: u32 => "ULONG",
+            SendBudget: u32 => "ULONG",
+            ReceiveBuffer: u32 => "ULONG",
+            ConnectTimeoutMs: u32 => "ULONG",
+            HandshakeTimeoutMs: u32 => "ULONG",
+        }),
+        published!(WSKTLS_SESSION_INFO {
+            ProtocolVersion: u16 => "USHORT",
+            CipherSuite: u16 => "USHORT",
+            AlpnLength: u8 => "UCHAR",
+            Alpn: [u8; 255] => "UCHAR[255]",
+            PeerCertificateSha256: [u8; 32] => "UCHAR[32]",
+        }),
+        published!(WSKTLS_COUNTERS {
+            BytesSent: u64 => "ULONGLONG",
+            RecordsSent: u64 => "ULONGLONG",
+            KeyUpdatesSent: u64 => "ULONGLONG",
+            BytesReceived: u64 => "ULONGLONG",
+            RecordsReceived: u64 => "ULONGLONG",
+            KeyUpdatesReceived: u64 => "ULONGLONG",
+            InFlightBytes: u64 => "ULONGLONG",
+            PeakInFlightBytes: u64 => "ULONGLONG",
+            SendBudget: u64 => "ULONGLONG",
+            BufferedBytes: u64 => "ULONGLONG",
+        }),
+        published!(WSKTLS_DISPATCH {
+            Version: u16 => "USHORT",
+            Reserved: u16 => "USHORT",
+            Size: u32 => "ULONG",
+            Connect: PFN_WSKTLS_CONNECT => "PFN_WSKTLS_CONNECT",
+            Send: PFN_WSKTLS_SEND => "PFN_WSKTLS_SEND",
+            Receive: PFN_WSKTLS_RECEIVE => "PFN_WSKTLS_RECEIVE",
+            Disconnect: PFN_WSKTLS_DISCONNECT => "PFN_WSKTLS_DISCONNECT",
+            Close: PFN_WSKTLS_CLOSE => "PFN_WSKTLS_CLOSE",
+            Query: PFN_WSKTLS_QUERY => "PFN_WSKTLS_QUERY",
+        }),
+    ]
+}
+
+/// The dispatch table's function-pointer types.
+#[rustfmt::skip]
+fn wsktls_prototypes() -> Vec<Prototype> {
+    vec![
+        prototype!(type PFN_WSKTLS_CONNECT:
+            Option<unsafe extern "system" fn(
+                *mut WSKTLS_PROVIDER, *const WSKTLS_CONNECT_PARAMETERS, *mut *mut WSKTLS_CHANNEL, *mut IRP,
+            ) -> NTSTATUS>
+            => "NTSTATUS (WSKAPI *)(PWSKTLS_PROVIDER, const WSKTLS_CONNECT_PARAMETERS *, PWSKTLS_CHANNEL *, PIRP)"),
+        prototype!(type PFN_WSKTLS_SEND:
+            Option<unsafe extern "system" fn(*mut WSKTLS_CHANNEL, *mut WSK_BUF, u32, *mut IRP) -> NTSTATUS>
+            => "NTSTATUS (WSKAPI *)(PWSKTLS_CHANNEL, PWSK_BUF, ULONG, PIRP)"),
+        prototype!(type PFN_WSKTLS_RECEIVE:
+            Option<unsafe extern "system" fn(*mut WSKTLS_CHANNEL, *mut WSK_BUF, u32, *mut IRP) -> NTSTATUS>
+            => "NTSTATUS (WSKAPI *)(PWSKTLS_CHANNEL, PWSK_BUF, ULONG, PIRP)"),
+        prototype!(type PFN_WSKTLS_DISCONNECT:
+            Option<unsafe extern "system" fn(*mut WSKTLS_CHANNEL, u32, *mut IRP) -> NTSTATUS>
+            => "NTSTATUS (WSKAPI *)(PWSKTLS_CHANNEL, ULONG, PIRP)"),
+        prototype!(type PFN_WSKTLS_CLOSE:
+            Option<unsafe extern "system" fn(*mut WSKTLS_CHANNEL, *mut IRP) -> NTSTATUS>
+            => "NTSTATUS (WSKAPI *)(PWSKTLS_CHANNEL, PIRP)"),
+        prototype!(type PFN_WSKTLS_QUERY:
+            Option<unsafe extern "system" fn(*mut WSKTLS_CHANNEL, u32, PVOID, u32, *mut u32) -> NTSTATUS>
+            => "NTSTATUS (WSKAPI *)(PWSKTLS_CHANNEL, ULONG, PVOID, ULONG, PULONG)"),
+    ]
+}
+
+/// The header's values: versions (and WSKTLS_MAKE_VERSION itself, at a few points), the
+/// IOCTL, suite bits, information classes, and every `STATUS_WSKTLS_*` (as NTSTATUS, so
+/// sign and bits must both agree).
+#[rustfmt::skip]
+fn wsktls_constants() -> Vec<Constant> {
+    let mut constants = constants![
+        WSKTLS_VERSION_1_0, IOCTL_WSKTLS_GET_PROVIDER,
+        WSKTLS_SUITE_AES_128_GCM_SHA256, WSKTLS_SUITE_AES_256_GCM_SHA384,
+        WSKTLS_SUITE_CHACHA20_POLY1305_SHA256,
+        WskTlsInfoSession, WskTlsInfoCounters,
+    ];
+    for (major, minor) in [(1, 0), (2, 5), (0xff, 0xff), (0x1ff, 0x1ff)] {
+        constants.push(Constant {
+            c_expr: format!("WSKTLS_MAKE_VERSION({major:#x}, {minor:#x})"),
+            value: WSKTLS_MAKE_VERSION(major, minor).into(),
+        });
+    }
+    assert!(!WSKTLS_STATUSES.is_empty());
+    for &(name, status) in WSKTLS_STATUSES {
+        constants.push(Constant { c_expr: format!("(NTSTATUS){name}"), value: status.0.into() });
+    }
+    constants
+}
+
+macro_rules! guids {
+    ($($name:ident),* $(,)?) => {
+        vec![$(Guid { name: stringify!($name), value: $name },)*]
+    };
+}
+
+/// The header's GUIDs.
+fn wsktls_guids() -> Vec<Guid> {
+    guids![GUID_DEVINTERFACE_WSKTLS]
+}
+
 // ---------------------------------------------------------------------------------------
 // The generator and the compiler.
 
@@ -496,9 +692,91 @@ fn constant_asserts(constants: &[Constant]) -> Vec<String> {
         .collect()
 }
 
+/// Each structure's layout, then its members' types.
+fn published_asserts(structures: &[Published]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in structures {
+        out.extend(layout_asserts(std::slice::from_ref(&p.layout)));
+        let t = p.layout.c_type;
+        for m in &p.members {
+            let (member, c_type) = (m.rust, m.c_type);
+            out.push(format!(
+                "_Static_assert(__builtin_types_compatible_p(__typeof__((({t} *)0)->{member}), {c_type}), \
+                 \"{t}.{member}: Rust says {c_type}\");"
+            ));
+        }
+    }
+    out
+}
+
+/// A GUID object's value is no constant expression, so the header's own DEFINE_GUID line
+/// is checked instead: these lines, placed just before the header, redefine DEFINE_GUID
+/// so that each use becomes static asserts of its arguments, member by member (cast to
+/// the GUID member's type, as the initializer would convert them), plus a typedef that
+/// `guid_declared_asserts` requires. A DEFINE_GUID with no Rust row expands to a call of
+/// an undefined macro, which does not compile.
+fn guid_hooks(guids: &[Guid]) -> Vec<String> {
+    const ARGS: [&str; 11] = ["l", "w1", "w2", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"];
+    let args = ARGS.join(", ");
+    let mut out = vec![
+        "#undef DEFINE_GUID".to_owned(),
+        format!(
+            "#define DEFINE_GUID(name, {args}) wsktls_guid_##name({args}) typedef int wsktls_guid_declared_##name"
+        ),
+    ];
+    for g in guids {
+        let v = &g.value;
+        let mut members = vec![
+            ("Data1".to_owned(), u64::from(v.Data1)),
+            ("Data2".to_owned(), u64::from(v.Data2)),
+            ("Data3".to_owned(), u64::from(v.Data3)),
+        ];
+        members.extend(v.Data4.iter().enumerate().map(|(i, &b)| (format!("Data4[{i}]"), u64::from(b))));
+        let name = g.name;
+        let checks: Vec<String> = members
+            .iter()
+            .zip(ARGS)
+            .map(|((member, value), arg)| {
+                format!(
+                    "_Static_assert((__typeof__(((GUID *)0)->{member}))({arg}) == {value:#x}ULL, \
+                     \"{name}.{member}: Rust says {value:#x}\");"
+                )
+            })
+            .collect();
+        out.push(format!("#define wsktls_guid_{name}({args}) {}", checks.join(" ")));
+    }
+    out
+}
+
+/// After the header: each GUID went through DEFINE_GUID (and so through its checks).
+fn guid_declared_asserts(guids: &[Guid]) -> Vec<String> {
+    guids
+        .iter()
+        .map(|g| {
+            let name = g.name;
+            format!(
+                "_Static_assert(sizeof(wsktls_guid_declared_{name}) == sizeof(int), \
+                 \"{name}: declared with DEFINE_GUID\");"
+            )
+        })
+        .collect()
+}
+
 /// Compiles `asserts` after `headers` with the Windows x64 compiler. `Err` holds the
 /// compiler's diagnostics. Panics (never skips) if the compiler or headers are missing.
 fn compile(unit: &str, headers: &[&str], asserts: &[String]) -> Result<(), String> {
+    compile_unit(unit, headers, &[], asserts, &[])
+}
+
+/// `compile`, with `hooks` (C lines placed just before the last header, the one under
+/// test) and extra compiler `flags`.
+fn compile_unit(
+    unit: &str,
+    headers: &[&str],
+    hooks: &[String],
+    asserts: &[String],
+    flags: &[&str],
+) -> Result<(), String> {
     assert!(
         Path::new(DDK_HEADERS).join("wdm.h").is_file(),
         "MinGW's DDK headers are missing ({DDK_HEADERS}/wdm.h): install {PACKAGES}"
@@ -509,7 +787,13 @@ fn compile(unit: &str, headers: &[&str], asserts: &[String]) -> Result<(), Strin
          #error \"not a Windows x64 compiler\"\n\
          #endif\n",
     );
-    for h in headers {
+    for (i, h) in headers.iter().enumerate() {
+        if i + 1 == headers.len() {
+            for line in hooks {
+                source += line;
+                source += "\n";
+            }
+        }
         source += &format!("#include {h}\n");
     }
     source += "#include <stddef.h>\n\
@@ -529,12 +813,16 @@ fn compile(unit: &str, headers: &[&str], asserts: &[String]) -> Result<(), Strin
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     let file = dir.join(format!("{unit}.c"));
     std::fs::write(&file, &source).expect("write the generated C");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(COMPILER)
         .arg("-fsyntax-only")
+        .args(flags)
         .arg("-I")
         .arg(DDK_HEADERS)
         .arg("-I")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/layout"))
+        .arg(root.join("tests/layout"))
+        .arg("-I")
+        .arg(root.join("src/interface"))
         .arg(&file)
         .output();
     std::fs::remove_dir_all(&dir).expect("remove the temporary directory");
@@ -551,7 +839,12 @@ fn compile(unit: &str, headers: &[&str], asserts: &[String]) -> Result<(), Strin
 
 /// `compile`, failing the test with the compiler's diagnostics.
 fn check(unit: &str, headers: &[&str], asserts: &[String]) {
-    if let Err(diagnostics) = compile(unit, headers, asserts) {
+    check_unit(unit, headers, &[], asserts, &[]);
+}
+
+/// `compile_unit`, failing the test with the compiler's diagnostics.
+fn check_unit(unit: &str, headers: &[&str], hooks: &[String], asserts: &[String], flags: &[&str]) {
+    if let Err(diagnostics) = compile_unit(unit, headers, hooks, asserts, flags) {
         panic!("the Rust declarations differ from the C ones ({unit}):\n{diagnostics}");
     }
 }
@@ -721,5 +1014,120 @@ fn layout_check_rejects_a_wrong_status_code() {
         .expect_err("STATUS_PENDING claimed as 0x104 must not compile");
     println!("{diagnostics}");
     assert!(diagnostics.contains("(NTSTATUS)STATUS_PENDING: Rust says 260"), "{diagnostics}");
+    assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
+}
+
+#[test]
+fn wsktls_h_structures_match_the_rust_interface() {
+    check("wsktls_structures", WSKTLS_HEADERS, &published_asserts(&wsktls_structures()));
+}
+
+#[test]
+fn wsktls_h_prototypes_match_the_rust_interface() {
+    check("wsktls_prototypes", WSKTLS_HEADERS, &prototype_asserts(&wsktls_prototypes()));
+}
+
+#[test]
+fn wsktls_h_values_and_guid_match_the_rust_interface() {
+    let guids = wsktls_guids();
+    let mut asserts = constant_asserts(&wsktls_constants());
+    asserts.extend(guid_declared_asserts(&guids));
+    check_unit("wsktls_values", WSKTLS_HEADERS, &guid_hooks(&guids), &asserts, &[]);
+}
+
+/// As a consumer builds it: C11 with -Wall -Wextra as errors, included twice, and after
+/// <initguid.h>, so the real DEFINE_GUID defines the GUID object.
+#[test]
+fn wsktls_h_compiles_warning_free_and_defines_its_guid() {
+    let headers = ["<ntddk.h>", "\"wsk_documented.h\"", "<initguid.h>", "\"wsktls.h\"", "\"wsktls.h\""];
+    let asserts =
+        ["_Static_assert(__builtin_types_compatible_p(__typeof__(GUID_DEVINTERFACE_WSKTLS), const GUID), \
+                    \"GUID_DEVINTERFACE_WSKTLS: a const GUID\");"
+            .to_owned()];
+    check_unit("wsktls_warnings", &headers, &[], &asserts, &["-std=c11", "-Wall", "-Wextra", "-Werror"]);
+}
+
+/// The wsktls.h checks are not vacuous: one wrong offset among the real ones fails, named.
+#[test]
+fn wsktls_h_check_rejects_a_wrong_offset() {
+    let mut structures = wsktls_structures();
+    let parameters = structures
+        .iter_mut()
+        .find(|p| p.layout.c_type == "WSKTLS_CONNECT_PARAMETERS")
+        .expect("WSKTLS_CONNECT_PARAMETERS is checked");
+    let anchors =
+        parameters.layout.fields.iter_mut().find(|f| f.rust == "TrustAnchors").expect("TrustAnchors");
+    anchors.offset += 8;
+    let claim = format!("WSKTLS_CONNECT_PARAMETERS.TrustAnchors: Rust says offset {}", anchors.offset);
+
+    let diagnostics = compile("wsktls_wrong_offset", WSKTLS_HEADERS, &published_asserts(&structures))
+        .expect_err("a wrong TrustAnchors offset must not compile");
+    println!("{diagnostics}");
+    assert!(diagnostics.contains(&claim), "{diagnostics}");
+    assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
+}
+
+/// A field Rust has and the header lacks fails: by name, and by the structure's size.
+#[test]
+fn wsktls_h_check_rejects_a_field_the_header_lacks() {
+    let mut structures = wsktls_structures();
+    let request = structures
+        .iter_mut()
+        .find(|p| p.layout.c_type == "WSKTLS_PROVIDER_REQUEST")
+        .expect("WSKTLS_PROVIDER_REQUEST is checked");
+    assert_eq!(request.layout.size, 8);
+    request.layout.size = 12;
+    request.layout.fields.push(Field {
+        rust: "Flags".to_owned(),
+        c: "Flags".to_owned(),
+        offset: 8,
+        size: Some(4),
+    });
+    request.members.push(Member { rust: "Flags", c_type: "ULONG" });
+
+    let diagnostics = compile("wsktls_missing_field", WSKTLS_HEADERS, &published_asserts(&structures))
+        .expect_err("a field the header lacks must not compile");
+    println!("{diagnostics}");
+    assert!(diagnostics.contains("sizeof WSKTLS_PROVIDER_REQUEST: Rust says 12"), "{diagnostics}");
+    assert!(
+        diagnostics.lines().any(|l| l.contains("has no member named") && l.contains("Flags")),
+        "{diagnostics}"
+    );
+}
+
+/// A member of the right size but the wrong type (signedness here) fails, named.
+#[test]
+fn wsktls_h_check_rejects_a_wrong_member_type() {
+    let mut structures = wsktls_structures();
+    let npi = structures
+        .iter_mut()
+        .find(|p| p.layout.c_type == "WSKTLS_PROVIDER_NPI")
+        .expect("WSKTLS_PROVIDER_NPI is checked");
+    npi.members.iter_mut().find(|m| m.rust == "Version").expect("Version").c_type = "SHORT";
+
+    let diagnostics = compile("wsktls_wrong_member_type", WSKTLS_HEADERS, &published_asserts(&structures))
+        .expect_err("a SHORT Version must not compile");
+    println!("{diagnostics}");
+    assert!(diagnostics.contains("WSKTLS_PROVIDER_NPI.Version: Rust says SHORT"), "{diagnostics}");
+    assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
+}
+
+/// One wrong byte of the GUID fails, named, through the header's own DEFINE_GUID line.
+#[test]
+fn wsktls_h_check_rejects_a_wrong_guid() {
+    let mut guids = wsktls_guids();
+    guids[0].value.Data4[7] ^= 1;
+    let claim = format!("GUID_DEVINTERFACE_WSKTLS.Data4[7]: Rust says {:#x}", guids[0].value.Data4[7]);
+
+    let diagnostics = compile_unit(
+        "wsktls_wrong_guid",
+        WSKTLS_HEADERS,
+        &guid_hooks(&guids),
+        &guid_declared_asserts(&guids),
+        &[],
+    )
+    .expect_err("a wrong GUID byte must not compile");
+    println!("{diagnostics}");
+    assert!(diagnostics.contains(&claim), "{diagnostics}");
     assert_eq!(diagnostics.matches("static assertion failed").count(), 1, "{diagnostics}");
 }
