@@ -7,6 +7,7 @@ extern crate alloc;
 pub use wsktls_nt as nt;
 
 pub mod channel;
+pub mod driver;
 pub mod interface;
 #[cfg(target_os = "windows")]
 mod kernel;

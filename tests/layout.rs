@@ -505,8 +505,9 @@ fn wsktls_structures() -> Vec<Published> {
             Dispatch: *const WSKTLS_DISPATCH => "const WSKTLS_DISPATCH *",
         }),
         published!(WSKTLS_BLOB {
-            Length: u32 => "ULONG",
             Data: *const u8 => "const UCHAR *",
+            Length: u32 => "ULONG",
+            Reserved: u32 => "ULONG",
         }),
         published!(WSKTLS_CONNECT_PARAMETERS {
             Size: u32 => "ULONG",
@@ -514,20 +515,21 @@ fn wsktls_structures() -> Vec<Published> {
             Reserved: u16 => "USHORT",
             RemoteAddress: *const SOCKADDR => "const struct sockaddr *",
             ServerName: WSKTLS_BLOB => "WSKTLS_BLOB",
-            TrustAnchorCount: u32 => "ULONG",
             TrustAnchors: *const WSKTLS_BLOB => "const WSKTLS_BLOB *",
             PinSha256: *const u8 => "const UCHAR *",
-            ClientChainCount: u32 => "ULONG",
             ClientChain: *const WSKTLS_BLOB => "const WSKTLS_BLOB *",
             ClientKey: WSKTLS_BLOB => "WSKTLS_BLOB",
-            AlpnCount: u32 => "ULONG",
             Alpn: *const WSKTLS_BLOB => "const WSKTLS_BLOB *",
+            TrustAnchorCount: u32 => "ULONG",
+            ClientChainCount: u32 => "ULONG",
+            AlpnCount: u32 => "ULONG",
             Suites: u32 => "ULONG",
             RecordSize: u32 => "ULONG",
             SendBudget: u32 => "ULONG",
             ReceiveBuffer: u32 => "ULONG",
             ConnectTimeoutMs: u32 => "ULONG",
             HandshakeTimeoutMs: u32 => "ULONG",
+            Reserved2: u32 => "ULONG",
         }),
         published!(WSKTLS_SESSION_INFO {
             ProtocolVersion: u16 => "USHORT",
@@ -549,9 +551,9 @@ fn wsktls_structures() -> Vec<Published> {
             BufferedBytes: u64 => "ULONGLONG",
         }),
         published!(WSKTLS_DISPATCH {
+            Size: u32 => "ULONG",
             Version: u16 => "USHORT",
             Reserved: u16 => "USHORT",
-            Size: u32 => "ULONG",
             Connect: PFN_WSKTLS_CONNECT => "PFN_WSKTLS_CONNECT",
             Send: PFN_WSKTLS_SEND => "PFN_WSKTLS_SEND",
             Receive: PFN_WSKTLS_RECEIVE => "PFN_WSKTLS_RECEIVE",
@@ -595,7 +597,7 @@ fn wsktls_prototypes() -> Vec<Prototype> {
 #[rustfmt::skip]
 fn wsktls_constants() -> Vec<Constant> {
     let mut constants = constants![
-        WSKTLS_VERSION_1_0, IOCTL_WSKTLS_GET_PROVIDER,
+        WSKTLS_VERSION_1_0, FILE_DEVICE_WSKTLS, IOCTL_WSKTLS_GET_PROVIDER,
         WSKTLS_SUITE_AES_128_GCM_SHA256, WSKTLS_SUITE_AES_256_GCM_SHA384,
         WSKTLS_SUITE_CHACHA20_POLY1305_SHA256,
         WskTlsInfoSession, WskTlsInfoCounters,

@@ -299,6 +299,13 @@ impl Channel {
         Ok(())
     }
 
+    /// Fails the channel with `status` (unless it failed already): what is queued on it
+    /// completes with that status, later calls are refused. The socket stays open until
+    /// the channel is dropped. IRQL <= DISPATCH_LEVEL.
+    pub fn abort(&self, status: NTSTATUS) {
+        self.shared.fail(Failure::Transport(status));
+    }
+
     /// Graceful close of our side: our close_notify after every byte already queued, then
     /// a TCP FIN. Waits (PASSIVE_LEVEL) up to `timeout_ms`; the peer may still send until
     /// its own close_notify, which receives report as 0 bytes.

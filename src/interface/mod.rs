@@ -1,13 +1,21 @@
-//! What consumer drivers call. Today: WskSend's and WskReceive's contracts on a channel,
-//! with a consumer's IRP and WSK_BUF. (The device, its interface GUID, the dispatch table
-//! and wsktls.h come with the interface work.)
+//! What consumer drivers call: the provider a device hands out, its dispatch table
+//! (`wsktls.h` is the C view; `crate::nt::WSKTLS_*` the Rust one), the channel handles
+//! behind it, and WskSend's and WskReceive's contracts on a channel.
 //!
-//! This is where consumer IRPs and MDL chains are met: checked, taken over, copied from and
-//! into, and completed. The channel below sees requests with lengths and copies.
+//! This is where consumer IRPs, MDL chains and parameters are met: checked, taken over,
+//! copied from and into, and completed. The channel below sees requests with lengths and
+//! copies.
 
 mod chain;
+mod dispatch;
+mod params;
+mod provider;
+mod query;
 mod request;
+mod table;
 
+pub use dispatch::DISPATCH;
+pub use provider::{Defaults, Provider};
 pub(crate) use request::{Completions, ConsumerRequest, RequestQueue};
 
 use crate::channel::Channel;

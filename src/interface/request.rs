@@ -21,6 +21,20 @@ const END: usize = 2;
 pub(crate) struct ConsumerRequest(*mut IRP);
 
 impl ConsumerRequest {
+    /// No request: a placeholder until one is taken.
+    pub(crate) const NONE: ConsumerRequest = ConsumerRequest(core::ptr::null_mut());
+
+    /// Takes over the IRP of a call that moves no data (Connect, Disconnect, Close), as
+    /// [`ConsumerRequest::take`] does.
+    ///
+    /// # Safety
+    /// As for `take`.
+    pub(crate) unsafe fn take_call(irp: *mut IRP, pending: bool) -> Option<ConsumerRequest> {
+        let nothing = WSK_BUF { Mdl: core::ptr::null_mut(), Offset: 0, Length: 0 };
+        // SAFETY: forwarded contract.
+        unsafe { Self::take(irp, &nothing, 0, pending) }
+    }
+
     /// Takes `irp` over as its provider: the consumer prepared the next stack location (its
     /// completion routine), which becomes ours to use. `false` when the IRP has no stack
     /// location left for us (the consumer allocated too few).

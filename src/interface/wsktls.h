@@ -62,8 +62,11 @@ DEFINE_GUID(GUID_DEVINTERFACE_WSKTLS,
 /* The one internal device-control request, kernel-mode senders only: input
    (Type3InputBuffer) a WSKTLS_PROVIDER_REQUEST, output (Irp->UserBuffer) a
    WSKTLS_PROVIDER_NPI. */
+/* The device type of wsktls's control codes, from the range left to third parties. */
+#define FILE_DEVICE_WSKTLS 0x000087A5
+
 #define IOCTL_WSKTLS_GET_PROVIDER \
-  CTL_CODE(FILE_DEVICE_NETWORK, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS)
+  CTL_CODE(FILE_DEVICE_WSKTLS, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS)
 
 /*
  * wsktls's own statuses: severity error, customer bit, facility 0x7A5. TLS failures Windows
@@ -93,8 +96,9 @@ typedef struct _WSKTLS_CHANNEL WSKTLS_CHANNEL, *PWSKTLS_CHANNEL;
 
 /* A counted byte string the caller owns; Connect copies what it keeps before it returns. */
 typedef struct _WSKTLS_BLOB {
-  ULONG Length;
   const UCHAR *Data;
+  ULONG Length;
+  ULONG Reserved;                    /* zero */
 } WSKTLS_BLOB, *PWSKTLS_BLOB;
 
 /* WSKTLS_CONNECT_PARAMETERS.Suites bits; zero offers all three. */
@@ -112,15 +116,15 @@ typedef struct _WSKTLS_CONNECT_PARAMETERS {
   const struct sockaddr *RemoteAddress; /* a SOCKADDR_IN or SOCKADDR_IN6, by its family */
   WSKTLS_BLOB ServerName;            /* DNS name (SNI + certificate check) or IP literal;
                                         ASCII, no NUL needed */
-  ULONG TrustAnchorCount;            /* at least one */
-  const WSKTLS_BLOB *TrustAnchors;   /* DER root certificates */
+  const WSKTLS_BLOB *TrustAnchors;   /* TrustAnchorCount DER root certificates */
   const UCHAR *PinSha256;            /* NULL, or 32 bytes: SHA-256 of the server's
                                         SubjectPublicKeyInfo */
-  ULONG ClientChainCount;            /* client certificate chain, leaf first, DER ... */
-  const WSKTLS_BLOB *ClientChain;
+  const WSKTLS_BLOB *ClientChain;    /* client certificate chain, leaf first, DER ... */
   WSKTLS_BLOB ClientKey;             /* ... and its PKCS#8 key, DER: both or neither */
-  ULONG AlpnCount;                   /* ALPN protocols, most preferred first */
-  const WSKTLS_BLOB *Alpn;
+  const WSKTLS_BLOB *Alpn;           /* ALPN protocols, most preferred first */
+  ULONG TrustAnchorCount;            /* at least one */
+  ULONG ClientChainCount;
+  ULONG AlpnCount;
   ULONG Suites;                      /* WSKTLS_SUITE_* bits */
   ULONG RecordSize;                  /* plaintext bytes per record sent: 256..16384 */
   ULONG SendBudget;                  /* sealed bytes in flight at most; zero follows the
@@ -128,6 +132,7 @@ typedef struct _WSKTLS_CONNECT_PARAMETERS {
   ULONG ReceiveBuffer;               /* plaintext kept for a consumer not receiving */
   ULONG ConnectTimeoutMs;
   ULONG HandshakeTimeoutMs;
+  ULONG Reserved2;                   /* zero */
 } WSKTLS_CONNECT_PARAMETERS, *PWSKTLS_CONNECT_PARAMETERS;
 
 /* Query's information classes (passed as a ULONG). */
@@ -195,9 +200,9 @@ typedef NTSTATUS (WSKAPI *PFN_WSKTLS_QUERY)(
 
 /* The dispatch table: valid while the FileObject it came through is referenced. */
 typedef struct _WSKTLS_DISPATCH {
+  ULONG Size;                        /* sizeof(WSKTLS_DISPATCH) */
   USHORT Version;
   USHORT Reserved;
-  ULONG Size;                        /* sizeof(WSKTLS_DISPATCH) */
   PFN_WSKTLS_CONNECT Connect;
   PFN_WSKTLS_SEND Send;
   PFN_WSKTLS_RECEIVE Receive;

@@ -36,6 +36,7 @@ mod sync;
 mod time;
 #[cfg(feature = "wdk")]
 mod wdk;
+mod work;
 mod wsk;
 mod wsktls;
 mod xstate;
@@ -53,8 +54,9 @@ pub use pnp::*;
 pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
 pub use stack::*;
 pub use status::*;
-pub use sync::{Event, Guard, SpinLock};
+pub use sync::{Event, Guard, Rundown, SpinLock};
 pub use time::*;
+pub use work::{WorkItem, WorkRoutine};
 pub use wsk::*;
 pub use wsktls::*;
 pub use xstate::*;

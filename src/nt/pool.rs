@@ -45,6 +45,22 @@ impl<T> PoolBox<T> {
     pub fn as_ptr(&self) -> *mut T {
         self.ptr.as_ptr()
     }
+
+    /// Gives up ownership: the value stays in pool until [`PoolBox::from_raw`] takes it back.
+    pub fn into_raw(self) -> *mut T {
+        let ptr = self.ptr.as_ptr();
+        core::mem::forget(self);
+        ptr
+    }
+
+    /// Takes back what [`PoolBox::into_raw`] gave up.
+    ///
+    /// # Safety
+    /// `ptr` came from `into_raw` of a box with this `tag`, and is taken back once.
+    pub unsafe fn from_raw(ptr: *mut T, tag: u32) -> PoolBox<T> {
+        // SAFETY: per the caller, a live box's pointer: never null.
+        PoolBox { ptr: unsafe { NonNull::new_unchecked(ptr) }, tag }
+    }
 }
 
 impl<T> core::ops::Deref for PoolBox<T> {

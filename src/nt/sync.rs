@@ -7,7 +7,8 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{
-    Executive, FALSE, KEVENT, KIRQL, KSPIN_LOCK, KeAcquireSpinLockRaiseToDpc, KeClearEvent,
+    EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection, ExReleaseRundownProtection,
+    ExWaitForRundownProtectionRelease, Executive, FALSE, KEVENT, KIRQL, KSPIN_LOCK, KeAcquireSpinLockRaiseToDpc, KeClearEvent,
     KeInitializeEvent, KeReleaseSpinLock, KeSetEvent, KeWaitForSingleObject, KernelMode, NTSTATUS,
     NotificationEvent, STATUS_INVALID_DEVICE_STATE, relative_timeout_ms,
 };
@@ -129,5 +130,58 @@ impl Event {
 impl Default for Event {
     fn default() -> Self {
         Event::new()
+    }
+}
+
+/// Rundown protection (EX_RUNDOWN_REF): calls acquire it for as long as they run; the
+/// owner's teardown waits for every holder and refuses new ones. Like [`Event`], it must
+/// sit at its final address before `initialize`.
+pub struct Rundown {
+    rundown: UnsafeCell<EX_RUNDOWN_REF>,
+}
+
+// SAFETY: the Ex*Rundown* functions synchronise every access.
+unsafe impl Sync for Rundown {}
+// SAFETY: as above.
+unsafe impl Send for Rundown {}
+
+impl Rundown {
+    pub const fn new() -> Rundown {
+        // SAFETY: zero is what ExInitializeRundownProtection stores.
+        Rundown { rundown: UnsafeCell::new(unsafe { core::mem::zeroed() }) }
+    }
+
+    /// ExInitializeRundownProtection.
+    ///
+    /// # Safety
+    /// Once, at the final address, before any other call.
+    pub unsafe fn initialize(&self) {
+        // SAFETY: per the caller.
+        unsafe { ExInitializeRundownProtection(self.rundown.get()) };
+    }
+
+    /// ExAcquireRundownProtection: `false` once teardown has begun. IRQL <= DISPATCH_LEVEL.
+    pub fn acquire(&self) -> bool {
+        // SAFETY: initialised per `initialize`'s contract.
+        unsafe { ExAcquireRundownProtection(self.rundown.get()) != 0 }
+    }
+
+    /// ExReleaseRundownProtection, once per successful `acquire`.
+    pub fn release(&self) {
+        // SAFETY: as for `acquire`.
+        unsafe { ExReleaseRundownProtection(self.rundown.get()) };
+    }
+
+    /// ExWaitForRundownProtectionRelease: refuses new holders and waits for the current
+    /// ones. PASSIVE_LEVEL (APC_LEVEL at most).
+    pub fn wait(&self) {
+        // SAFETY: as for `acquire`.
+        unsafe { ExWaitForRundownProtectionRelease(self.rundown.get()) };
+    }
+}
+
+impl Default for Rundown {
+    fn default() -> Self {
+        Rundown::new()
     }
 }

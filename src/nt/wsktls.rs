@@ -11,7 +11,7 @@
 //! the completion; every other return has completed the IRP with the same status.
 
 use crate::{
-    CTL_CODE, FILE_ANY_ACCESS, FILE_DEVICE_NETWORK, GUID, IRP, METHOD_NEITHER, NTSTATUS, PVOID, SOCKADDR,
+    CTL_CODE, FILE_ANY_ACCESS, GUID, IRP, METHOD_NEITHER, NTSTATUS, PVOID, SOCKADDR,
     WSK_BUF,
 };
 
@@ -27,10 +27,14 @@ pub const fn WSKTLS_MAKE_VERSION(major: u16, minor: u16) -> u16 {
 /// The interface version this header describes.
 pub const WSKTLS_VERSION_1_0: u16 = WSKTLS_MAKE_VERSION(1, 0);
 
+/// The device type of wsktls's control codes: one from the range Microsoft leaves to
+/// third parties (0x8000 and up).
+pub const FILE_DEVICE_WSKTLS: u32 = 0x87A5;
+
 /// The one internal device-control request: METHOD_NEITHER, input
 /// (Parameters.DeviceIoControl.Type3InputBuffer) a WSKTLS_PROVIDER_REQUEST, output
 /// (Irp->UserBuffer) a WSKTLS_PROVIDER_NPI. Kernel-mode senders only.
-pub const IOCTL_WSKTLS_GET_PROVIDER: u32 = CTL_CODE(FILE_DEVICE_NETWORK, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS);
+pub const IOCTL_WSKTLS_GET_PROVIDER: u32 = CTL_CODE(FILE_DEVICE_WSKTLS, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS);
 
 /// What the consumer asks for: the interface version it was built against.
 #[repr(C)]
@@ -74,8 +78,10 @@ pub struct WSKTLS_PROVIDER_NPI {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct WSKTLS_BLOB {
-    pub Length: u32,
     pub Data: *const u8,
+    pub Length: u32,
+    /// Zero.
+    pub Reserved: u32,
 }
 
 /// `WSKTLS_CONNECT_PARAMETERS.Suites` bits; zero offers all three.
@@ -92,25 +98,26 @@ pub struct WSKTLS_CONNECT_PARAMETERS {
     pub Size: u32,
     /// WSKTLS_VERSION_1_0.
     pub Version: u16,
+    /// Zero, as every Reserved field.
     pub Reserved: u16,
     /// A SOCKADDR_IN or SOCKADDR_IN6 (by its family).
     pub RemoteAddress: *const SOCKADDR,
     /// The server's DNS name (sent as SNI and checked against its certificate) or an IP
     /// literal (checked against its IP SANs), ASCII, no terminating NUL needed.
     pub ServerName: WSKTLS_BLOB,
-    /// DER certificates to trust as roots: at least one.
-    pub TrustAnchorCount: u32,
+    /// TrustAnchorCount DER certificates to trust as roots: at least one.
     pub TrustAnchors: *const WSKTLS_BLOB,
     /// NULL, or 32 bytes: SHA-256 of the server's SubjectPublicKeyInfo.
     pub PinSha256: *const u8,
-    /// Optional client certificate chain (leaf first, DER) and its PKCS#8 key (DER); both
-    /// or neither.
-    pub ClientChainCount: u32,
+    /// Optional client certificate chain (ClientChainCount certificates, leaf first, DER)
+    /// and its PKCS#8 key (DER): both or neither.
     pub ClientChain: *const WSKTLS_BLOB,
     pub ClientKey: WSKTLS_BLOB,
-    /// ALPN protocols to offer, most preferred first.
-    pub AlpnCount: u32,
+    /// AlpnCount protocols to offer, most preferred first.
     pub Alpn: *const WSKTLS_BLOB,
+    pub TrustAnchorCount: u32,
+    pub ClientChainCount: u32,
+    pub AlpnCount: u32,
     /// WSKTLS_SUITE_* bits.
     pub Suites: u32,
     /// Plaintext bytes per record sent: 256..=16384.
@@ -121,6 +128,7 @@ pub struct WSKTLS_CONNECT_PARAMETERS {
     pub ReceiveBuffer: u32,
     pub ConnectTimeoutMs: u32,
     pub HandshakeTimeoutMs: u32,
+    pub Reserved2: u32,
 }
 
 /// Query information classes.
@@ -191,10 +199,10 @@ pub type PFN_WSKTLS_QUERY = Option<
 /// The dispatch table.
 #[repr(C)]
 pub struct WSKTLS_DISPATCH {
-    pub Version: u16,
-    pub Reserved: u16,
     /// `sizeof(WSKTLS_DISPATCH)`.
     pub Size: u32,
+    pub Version: u16,
+    pub Reserved: u16,
     pub Connect: PFN_WSKTLS_CONNECT,
     pub Send: PFN_WSKTLS_SEND,
     pub Receive: PFN_WSKTLS_RECEIVE,

@@ -38,10 +38,7 @@ pub fn link(
         .arg(format!("/OUT:{}", image.display()))
         .arg(format!("/MAP:{}", image.with_extension("map").display()))
         .args(["/DRIVER", "/SUBSYSTEM:NATIVE,10.0", "/ENTRY:DriverEntry", "/NODEFAULTLIB", "/MACHINE:X64"])
-        .args(["/OPT:REF", "/OPT:ICF", "/RELEASE", "/INTEGRITYCHECK", "/DYNAMICBASE", "/NXCOMPAT"])
-        // The consumer-facing entry points stay in the image until the interface's
-        // dispatch table references them from DriverEntry.
-        .arg("/INCLUDE:WSKTLS_ENTRY_POINTS");
+        .args(["/OPT:REF", "/OPT:ICF", "/RELEASE", "/INTEGRITYCHECK", "/DYNAMICBASE", "/NXCOMPAT"]);
     tools::run(&mut link, "lld-link")
 }
 
