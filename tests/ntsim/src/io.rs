@@ -11,7 +11,7 @@ use wsktls_nt::{
     BOOLEAN, CCHAR, IO_STACK_LOCATION, IO_TYPE_IRP, IRP, IoGetCurrentIrpStackLocation, IoMarkIrpPending,
     IoSetCancelRoutine, IoSetNextIrpStackLocation, IoSizeOfIrp, KIRQL, KSPIN_LOCK, NT_SUCCESS, NTSTATUS,
     SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED,
-    STATUS_MORE_PROCESSING_REQUIRED,
+    STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED,
 };
 
 use crate::faults::{AllocKind, allocation_fails};
@@ -44,6 +44,9 @@ struct IrpRecord {
 #[derive(Default)]
 pub(crate) struct Irps {
     live: Mutex<HashMap<usize, IrpRecord>>,
+    /// IofCallDriver calls in progress, by (IRP, stack location): whether the completion
+    /// walk saw SL_PENDING_RETURNED there (it clears Control as it passes).
+    calls: Mutex<HashMap<(usize, i8), bool>>,
     cancel_lock: CancelLock,
 }
 
@@ -110,6 +113,81 @@ impl Irps {
         true
     }
 
+    /// IofCallDriver takes an IRP: fresh ones go in flight, ones already in flight are
+    /// being passed down a stack. Makes the next stack location current and returns its
+    /// index, or the status to return when the IRP cannot be sent.
+    pub(crate) fn call_begin(&self, irp: *mut IRP) -> Result<i8, NTSTATUS> {
+        let mut live = lock(&self.live);
+        let Some(rec) = live.get_mut(&(irp as usize)) else {
+            drop(live);
+            report(Rule::BadParameter, format!("IofCallDriver: {irp:?} is not an IRP from IoAllocateIrp"));
+            return Err(STATUS_INVALID_PARAMETER);
+        };
+        if rec.state == IrpState::Completed {
+            drop(live);
+            report(
+                Rule::IrpSubmittedWithoutReuse,
+                format!("IofCallDriver: IRP {irp:?} completed before and was not IoReuseIrp'd"),
+            );
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        // SAFETY: a live IRP, which cannot be freed while `live` is locked.
+        let location = unsafe { (*irp).CurrentLocation };
+        if location <= 1 {
+            drop(live);
+            report(
+                Rule::NoIrpStackLocation,
+                format!("IofCallDriver: IRP {irp:?} has no stack location left"),
+            );
+            return Err(STATUS_INVALID_PARAMETER);
+        }
+        rec.state = IrpState::InFlight;
+        drop(live);
+        lock(&self.calls).insert((irp as usize, location - 1), false);
+        // SAFETY: checked above that a lower location exists.
+        unsafe { IoSetNextIrpStackLocation(irp) };
+        Ok(location - 1)
+    }
+
+    /// The dispatch routine of an IofCallDriver call returned: whether the IRP was marked
+    /// pending in the stack location it had.
+    pub(crate) fn call_end(&self, irp: *mut IRP, location: i8) -> bool {
+        let seen = lock(&self.calls).remove(&(irp as usize, location)).unwrap_or(false);
+        if seen {
+            return true;
+        }
+        let live = lock(&self.live);
+        if !live.contains_key(&(irp as usize)) {
+            return false;
+        }
+        // SAFETY: live (freeing takes `live`); a location the completion walk has not
+        // passed still holds the dispatch routine's Control byte.
+        unsafe {
+            if (*irp).CurrentLocation > location || location > (*irp).StackCount {
+                return false;
+            }
+            let base = (irp as *mut u8).add(size_of::<IRP>()) as *mut IO_STACK_LOCATION;
+            std::ptr::read_volatile(std::ptr::addr_of!((*base.add(location as usize - 1)).Control))
+                & SL_PENDING_RETURNED
+                != 0
+        }
+    }
+
+    /// The completion walk passed `location` with SL_PENDING_RETURNED set in it.
+    fn note_pending(&self, irp: *mut IRP, location: i8) {
+        if let Some(seen) = lock(&self.calls).get_mut(&(irp as usize, location)) {
+            *seen = true;
+        }
+    }
+
+    /// A completion routine mid-stack stopped the walk: the driver that owns that stack
+    /// location owns the IRP again and will complete it once more.
+    fn back_in_flight(&self, irp: *mut IRP) {
+        if let Some(rec) = lock(&self.live).get_mut(&(irp as usize)) {
+            rec.state = IrpState::InFlight;
+        }
+    }
+
     /// Remembers the bytes of a send so completion can tell whether they changed.
     pub(crate) fn remember_send(&self, irp: *mut IRP, segments: Vec<Segment>) {
         let h = hash_segments(&segments);
@@ -129,15 +207,25 @@ pub extern "system" fn IoAllocateIrp(stack_size: CCHAR, _charge_quota: BOOLEAN) 
         report(Rule::BadParameter, format!("IoAllocateIrp({stack_size})"));
         return std::ptr::null_mut();
     }
+    let irp = new_irp(stack_size);
+    if !irp.is_null() {
+        k.counters.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    irp
+}
+
+/// An IRP for the I/O and PnP managers' own requests: tracked like the driver's, but
+/// never failed by fault injection nor counted in `Stats::allocations`.
+pub(crate) fn new_irp(stack_size: CCHAR) -> *mut IRP {
     let size = IoSizeOfIrp(stack_size);
     let irp = raw_alloc(size) as *mut IRP;
     if irp.is_null() {
         return irp;
     }
-    k.counters.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: fresh zeroed allocation of IoSizeOfIrp(stack_size) bytes (IoInitializeIrp).
     unsafe { initialize(irp, size, stack_size) };
-    lock(&k.irps.live).insert(irp as usize, IrpRecord { size, state: IrpState::Fresh, send_hash: None });
+    lock(&current().irps.live)
+        .insert(irp as usize, IrpRecord { size, state: IrpState::Fresh, send_hash: None });
     irp
 }
 
@@ -265,6 +353,9 @@ unsafe fn walk_completion(irp: *mut IRP) {
         while (*irp).CurrentLocation <= (*irp).StackCount + 1 {
             let control = (*sp).Control;
             (*irp).PendingReturned = control & SL_PENDING_RETURNED;
+            if control & SL_PENDING_RETURNED != 0 {
+                current().irps.note_pending(irp, (*irp).CurrentLocation - 1);
+            }
             let invoke = (NT_SUCCESS(status) && control & SL_INVOKE_ON_SUCCESS != 0)
                 || (!NT_SUCCESS(status) && control & SL_INVOKE_ON_ERROR != 0)
                 || ((*irp).Cancel != 0 && control & SL_INVOKE_ON_CANCEL != 0);
@@ -293,6 +384,9 @@ unsafe fn walk_completion(irp: *mut IRP) {
                         set_irql(irql);
                     }
                     if r == STATUS_MORE_PROCESSING_REQUIRED {
+                        if (*irp).CurrentLocation <= (*irp).StackCount {
+                            current().irps.back_in_flight(irp);
+                        }
                         return;
                     }
                 }

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::faults::Faults;
 use crate::rng::Rng;
 use crate::verifier::Report;
-use crate::{debug, io, mdl, pool, sync, timer, workitem, wsk, xstate};
+use crate::{
+    debug, device, driver, file, interface, io, mdl, notify, pnp, pool, registry, sync, timer, workitem, wsk,
+    xstate,
+};
 
 /// How a kernel boots.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +37,13 @@ pub(crate) struct KernelInner {
     pub(crate) wsk: wsk::Provider,
     pub(crate) xstate: xstate::Saves,
     pub(crate) debug: debug::DebugLog,
+    pub(crate) drivers: driver::Drivers,
+    pub(crate) devices: device::Devices,
+    pub(crate) files: file::Files,
+    pub(crate) pnp: pnp::RootBus,
+    pub(crate) interfaces: interface::Interfaces,
+    pub(crate) notify: notify::Notifications,
+    pub(crate) registry: registry::Registry,
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     reports: Mutex<Vec<Report>>,
@@ -57,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) stack_expansions: AtomicU64,
     /// Successful ExAllocatePool2, IoAllocateIrp and IoAllocateMdl calls.
     pub(crate) allocations: AtomicU64,
+    /// IRP_MJ_CREATEs sent to a driver (opens the security descriptor let through).
+    pub(crate) creates_sent: AtomicU64,
 }
 
 /// What a kernel has seen and still holds.
@@ -90,6 +102,17 @@ pub struct Stats {
     /// KeExpandKernelStackAndCallout calls that ran their callout (refused ones are not
     /// counted).
     pub stack_expansions: u64,
+    /// Device objects alive (deleted ones still referenced included).
+    pub devices: usize,
+    /// File objects alive.
+    pub file_objects: usize,
+    /// IRP_MJ_CREATEs that reached a driver: an open refused by the security descriptor
+    /// does not count, one refused by the driver does.
+    pub creates_sent: u64,
+    /// Device interfaces enabled now.
+    pub interfaces_enabled: usize,
+    /// PnP notification registrations alive.
+    pub notifications: usize,
 }
 
 impl KernelInner {
@@ -161,7 +184,7 @@ pub(crate) fn enter(k: Arc<KernelInner>) -> EnterGuard {
 /// reported anything that was not taken with [`Kernel::take_reports`].
 pub struct Kernel {
     inner: Arc<KernelInner>,
-    /// Timer thread, system worker, WSK provider thread; empty once stopped.
+    /// Timer, PnP and WSK provider threads and the system workers; empty once stopped.
     threads: Vec<thread::JoinHandle<()>>,
     finished: bool,
 }
@@ -189,6 +212,13 @@ impl Kernel {
             wsk: provider,
             xstate: xstate::Saves::default(),
             debug: debug::DebugLog::default(),
+            drivers: driver::Drivers::default(),
+            devices: device::Devices::default(),
+            files: file::Files::default(),
+            pnp: pnp::RootBus::default(),
+            interfaces: interface::Interfaces::default(),
+            notify: notify::Notifications::default(),
+            registry: registry::Registry::default(),
             faults: Mutex::new(config.faults),
             rng: Mutex::new(Rng::new(seed)),
             reports: Mutex::new(Vec::new()),
@@ -202,11 +232,14 @@ impl Kernel {
                 reactor.run(&k);
             })
             .expect("ntsim: cannot start the WSK provider thread");
-        let system_threads = vec![
+        let mut system_threads = vec![
             Self::system_thread(&inner, "ntsim-timer", |k| k.timers.run(k)),
-            Self::system_thread(&inner, "ntsim-worker", |k| k.work.run()),
+            Self::system_thread(&inner, "ntsim-pnp", |k| k.notify.run(k)),
             reactor,
         ];
+        for n in 0..workitem::WORKER_THREADS {
+            system_threads.push(Self::system_thread(&inner, &format!("ntsim-worker-{n}"), |k| k.work.run(k)));
+        }
         Kernel { inner, threads: system_threads, finished: false }
     }
 
@@ -219,6 +252,10 @@ impl Kernel {
                 body(&k);
             })
             .expect("ntsim: cannot start a system thread")
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<KernelInner> {
+        &self.inner
     }
 
     /// Enters this kernel on the calling thread, at PASSIVE_LEVEL.
@@ -289,6 +326,11 @@ impl Kernel {
             allocations: c.allocations.load(Ordering::Relaxed),
             debug_prints: c.debug_prints.load(Ordering::Relaxed),
             stack_expansions: c.stack_expansions.load(Ordering::Relaxed),
+            devices: self.inner.devices.alive(),
+            file_objects: self.inner.files.alive(),
+            creates_sent: c.creates_sent.load(Ordering::Relaxed),
+            interfaces_enabled: self.inner.interfaces.enabled_count(),
+            notifications: self.inner.notify.count(),
         }
     }
 
@@ -318,6 +360,7 @@ impl Kernel {
             self.inner.work.stop();
             self.inner.timers.stop();
             self.inner.wsk.stop();
+            self.inner.notify.stop();
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
@@ -325,6 +368,11 @@ impl Kernel {
             self.inner.work.check_unload();
             self.inner.timers.check_unload();
             self.inner.wsk.check_unload();
+            self.inner.notify.check_unload();
+            self.inner.files.check_unload();
+            self.inner.devices.check_unload();
+            self.inner.interfaces.check_unload();
+            self.inner.registry.check_unload();
             self.inner.irps.check_unload();
             self.inner.mdls.check_unload();
             self.inner.pool.check_unload();

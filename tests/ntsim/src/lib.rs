@@ -20,13 +20,22 @@
 
 mod bcrypt;
 mod debug;
+mod device;
+mod driver;
 mod faults;
+mod file;
+mod interface;
 mod io;
 mod irql;
 mod kernel;
 mod mdl;
+mod notify;
+mod pnp;
 mod pool;
+mod registry;
+mod request;
 mod rng;
+mod security;
 mod stack;
 mod sync;
 mod time;
@@ -36,8 +45,12 @@ mod workitem;
 mod wsk;
 mod xstate;
 
+pub use driver::{Driver, DriverEntry};
 pub use faults::{AllocKind, Faults};
+pub use interface::guid_text;
 pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};
+pub use pnp::Device;
+pub use security::Caller;
 pub use verifier::{Report, Rule};
 pub use wsk::{set_abortive, set_receive_buffer};

@@ -74,6 +74,36 @@ pub enum Rule {
     /// work item or completion routine), or at unload: the next code on that processor
     /// would run with the driver's vector registers.
     ExtendedStateNotRestored,
+    /// AddDevice returned success with a device it created still marked
+    /// DO_DEVICE_INITIALIZING: the I/O manager would refuse every open of it.
+    DeviceStillInitializing,
+    /// A device object deleted twice, deleted while still attached to a lower device, used
+    /// after its memory was freed, or still alive at shutdown.
+    DeviceObjectMisuse,
+    /// IofCallDriver with no stack location left for the device the IRP is sent to.
+    NoIrpStackLocation,
+    /// A dispatch routine returned STATUS_PENDING without IoMarkIrpPending: the I/O
+    /// manager's completion would not know the IRP pended.
+    PendingNotMarked,
+    /// An IRP that ntsim sent and waits for (PnP, create, cleanup, close) did not complete.
+    IrpNeverCompleted,
+    /// After IRP_MN_REMOVE_DEVICE returned, the driver's device was still attached to the
+    /// physical device object.
+    AttachedAfterRemove,
+    /// After IRP_MN_REMOVE_DEVICE returned, an interface of the device was still enabled.
+    InterfaceEnabledAfterRemove,
+    /// An interface name from IoRegisterDeviceInterface never freed, or RtlFreeUnicodeString
+    /// of a buffer ntsim did not allocate.
+    UnicodeStringMisuse,
+    /// A PnP notification registration still held when its driver unloaded (or at
+    /// shutdown), unregistered from inside its own callback, or unknown.
+    NotificationMisuse,
+    /// A registry key handle left open when its driver unloaded (or at shutdown), or a
+    /// handle closed or queried that is not open.
+    RegistryHandleMisuse,
+    /// ObfDereferenceObject of an object with no reference to give up, or a file object
+    /// still referenced at shutdown.
+    ObjectReferenceMisuse,
     /// The driver called KeBugCheckEx: the machine stops. ntsim records the code and the
     /// four parameters, prints them to stderr and aborts the process.
     BugCheck,

@@ -1,5 +1,7 @@
 //! Work items: IoAllocateWorkItem / IoQueueWorkItem / IoFreeWorkItem, run at PASSIVE_LEVEL
-//! on the kernel's system worker thread, with the life-cycle checks Driver Verifier makes.
+//! on the kernel's pool of system worker threads, with the life-cycle checks Driver
+//! Verifier makes. A queued or running item keeps its device object referenced, so the
+//! driver cannot unload under it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
@@ -9,30 +11,37 @@ use wsktls_nt::{DEVICE_OBJECT, IO_WORKITEM, PASSIVE_LEVEL, PIO_WORKITEM_ROUTINE,
 
 use crate::faults::{AllocKind, allocation_fails};
 use crate::irql::{require_dispatch, with_irql};
-use crate::kernel::{current, lock, wait};
+use crate::kernel::{KernelInner, current, lock, wait};
 use crate::pool::{raw_alloc, raw_free};
 use crate::verifier::{Rule, report};
 
 /// What ntsim allocates for an IO_WORKITEM (the real one is opaque too).
 const ITEM_SIZE: usize = 64;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum ItemState {
-    Idle,
-    Queued,
-    Running,
+/// System worker threads: several, because drivers run work that waits (a connect, a
+/// disconnect) and one slow item must not hold up the others.
+pub(crate) const WORKER_THREADS: usize = 4;
+
+/// One live work item.
+struct Item {
+    /// Queued and not yet started: queuing it again is a bug.
+    queued: bool,
+    /// Routines of it running now (it may be queued again once its routine started).
+    running: u32,
+    device: usize,
 }
 
 struct Queued {
     item: usize,
     routine: unsafe extern "system" fn(*mut DEVICE_OBJECT, PVOID),
     context: usize,
+    /// Whether the queue took a reference on the device (ntsim's own device objects only).
+    referenced: bool,
 }
 
 #[derive(Default)]
 struct State {
-    /// Live work items: state and the device each keeps referenced.
-    live: HashMap<usize, (ItemState, usize)>,
+    live: HashMap<usize, Item>,
     queue: VecDeque<Queued>,
     stopping: bool,
 }
@@ -44,8 +53,8 @@ pub(crate) struct WorkItems {
 }
 
 impl WorkItems {
-    /// The system worker thread. At unload it finishes what is queued, then stops.
-    pub(crate) fn run(&self) {
+    /// One system worker thread. At unload it finishes what is queued, then stops.
+    pub(crate) fn run(&self, k: &KernelInner) {
         let mut st = lock(&self.state);
         loop {
             let Some(q) = st.queue.pop_front() else {
@@ -57,8 +66,9 @@ impl WorkItems {
             };
             let device = match st.live.get_mut(&q.item) {
                 Some(e) => {
-                    e.0 = ItemState::Running;
-                    e.1
+                    e.queued = false;
+                    e.running += 1;
+                    e.device
                 }
                 None => continue,
             };
@@ -67,11 +77,12 @@ impl WorkItems {
                 // SAFETY: the driver's routine, called as the I/O manager does.
                 unsafe { (q.routine)(device as *mut DEVICE_OBJECT, q.context as PVOID) }
             });
+            if q.referenced {
+                k.devices.dereference(device as *mut DEVICE_OBJECT);
+            }
             st = lock(&self.state);
             if let Some(e) = st.live.get_mut(&q.item) {
-                if e.0 == ItemState::Running {
-                    e.0 = ItemState::Idle;
-                }
+                e.running = e.running.saturating_sub(1);
             }
             self.changed.notify_all();
         }
@@ -102,7 +113,8 @@ pub extern "system" fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO
     }
     let item = raw_alloc(ITEM_SIZE);
     if !item.is_null() {
-        lock(&k.work.state).live.insert(item as usize, (ItemState::Idle, device as usize));
+        let idle = Item { queued: false, running: 0, device: device as usize };
+        lock(&k.work.state).live.insert(item as usize, idle);
     }
     item.cast()
 }
@@ -126,7 +138,7 @@ pub unsafe extern "system" fn IoQueueWorkItem(
             drop(st);
             report(Rule::WorkItemMisuse, format!("IoQueueWorkItem({item:?}): not a live work item"));
         }
-        Some(e) if e.0 == ItemState::Queued => {
+        Some(e) if e.queued => {
             drop(st);
             report(
                 Rule::WorkItemMisuse,
@@ -134,8 +146,13 @@ pub unsafe extern "system" fn IoQueueWorkItem(
             );
         }
         Some(e) => {
-            e.0 = ItemState::Queued;
-            st.queue.push_back(Queued { item: item as usize, routine, context: context as usize });
+            e.queued = true;
+            let device = e.device;
+            drop(st);
+            // Outside the work-item lock: the device table has its own.
+            let referenced = k.devices.reference(device as *mut DEVICE_OBJECT, "IoQueueWorkItem");
+            let q = Queued { item: item as usize, routine, context: context as usize, referenced };
+            lock(&k.work.state).queue.push_back(q);
             k.work.changed.notify_all();
         }
     }
@@ -146,16 +163,16 @@ pub unsafe extern "system" fn IoFreeWorkItem(item: *mut IO_WORKITEM) {
     let k = current();
     require_dispatch("IoFreeWorkItem");
     let mut st = lock(&k.work.state);
-    match st.live.get(&(item as usize)).map(|e| e.0) {
+    match st.live.get(&(item as usize)).map(|e| e.queued) {
         None => {
             drop(st);
             report(Rule::WorkItemMisuse, format!("IoFreeWorkItem({item:?}): not a live work item"));
         }
-        Some(ItemState::Queued) => {
+        Some(true) => {
             drop(st);
             report(Rule::WorkItemMisuse, format!("IoFreeWorkItem({item:?}) while it is queued"));
         }
-        Some(_) => {
+        Some(false) => {
             st.live.remove(&(item as usize));
             drop(st);
             // SAFETY: allocated by IoAllocateWorkItem with ITEM_SIZE; no longer tracked.
