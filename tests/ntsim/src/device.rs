@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use wsktls_nt::{
     BOOLEAN, DEVICE_OBJECT, DO_DEVICE_INITIALIZING, DRIVER_OBJECT, IRP, IRP_MJ_MAXIMUM_FUNCTION,
-    IoGetCurrentIrpStackLocation, IofCompleteRequest, NTSTATUS, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_NOT_SUPPORTED,
-    STATUS_PENDING, STATUS_SUCCESS, UNICODE_STRING,
+    IoGetCurrentIrpStackLocation, NTSTATUS, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS,
+    UNICODE_STRING,
 };
 
 use crate::faults::{AllocKind, allocation_fails};
+use crate::io::IofCompleteRequest;
 use crate::irql::{current_irql, require_dispatch, require_passive, set_irql};
 use crate::kernel::{current, lock, wait};
 use crate::pool::{raw_alloc, raw_free};
@@ -81,6 +82,11 @@ impl Devices {
     /// Whether `device` is one of ntsim's live (not yet freed) device objects.
     pub(crate) fn is_live(&self, device: *mut DEVICE_OBJECT) -> bool {
         lock(&self.state).live.contains_key(&(device as usize))
+    }
+
+    /// Whether `device` is the address of a device object ntsim has freed (and not reused).
+    pub(crate) fn was_freed(&self, device: *mut DEVICE_OBJECT) -> bool {
+        lock(&self.state).freed.contains(&(device as usize))
     }
 
     /// Takes a reference on one of ntsim's devices. False (and no reference) for a pointer
@@ -195,8 +201,7 @@ fn top_locked(mut device: *mut DEVICE_OBJECT) -> *mut DEVICE_OBJECT {
 
 /// A report naming what `device` is when it is not a live device object.
 fn unknown_device(function: &str, device: *mut DEVICE_OBJECT) {
-    let freed = lock(&current().devices.state).freed.contains(&(device as usize));
-    if freed {
+    if current().devices.was_freed(device) {
         report(Rule::DeviceObjectMisuse, format!("{function}({device:?}): the device was already freed"));
     } else {
         report(Rule::BadParameter, format!("{function}({device:?}): not a device object"));

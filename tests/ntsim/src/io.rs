@@ -44,9 +44,10 @@ struct IrpRecord {
 #[derive(Default)]
 pub(crate) struct Irps {
     live: Mutex<HashMap<usize, IrpRecord>>,
-    /// IofCallDriver calls in progress, by (IRP, stack location): whether the completion
-    /// walk saw SL_PENDING_RETURNED there (it clears Control as it passes).
-    calls: Mutex<HashMap<(usize, i8), bool>>,
+    /// IofCallDriver calls in progress, by (IRP, stack location): how many (a driver that
+    /// skips its location sends on in the same one) and whether the completion walk saw
+    /// SL_PENDING_RETURNED there (it clears Control as it passes).
+    calls: Mutex<HashMap<(usize, i8), (u32, bool)>>,
     cancel_lock: CancelLock,
 }
 
@@ -143,7 +144,7 @@ impl Irps {
         }
         rec.state = IrpState::InFlight;
         drop(live);
-        lock(&self.calls).insert((irp as usize, location - 1), false);
+        lock(&self.calls).entry((irp as usize, location - 1)).or_default().0 += 1;
         // SAFETY: checked above that a lower location exists.
         unsafe { IoSetNextIrpStackLocation(irp) };
         Ok(location - 1)
@@ -152,7 +153,17 @@ impl Irps {
     /// The dispatch routine of an IofCallDriver call returned: whether the IRP was marked
     /// pending in the stack location it had.
     pub(crate) fn call_end(&self, irp: *mut IRP, location: i8) -> bool {
-        let seen = lock(&self.calls).remove(&(irp as usize, location)).unwrap_or(false);
+        let seen = {
+            let mut calls = lock(&self.calls);
+            let key = (irp as usize, location);
+            let (depth, seen) = calls.get(&key).copied().unwrap_or((1, false));
+            if depth <= 1 {
+                calls.remove(&key);
+            } else {
+                calls.insert(key, (depth - 1, seen));
+            }
+            seen
+        };
         if seen {
             return true;
         }
@@ -175,8 +186,8 @@ impl Irps {
 
     /// The completion walk passed `location` with SL_PENDING_RETURNED set in it.
     fn note_pending(&self, irp: *mut IRP, location: i8) {
-        if let Some(seen) = lock(&self.calls).get_mut(&(irp as usize, location)) {
-            *seen = true;
+        if let Some(call) = lock(&self.calls).get_mut(&(irp as usize, location)) {
+            call.1 = true;
         }
     }
 

@@ -111,6 +111,13 @@ pub extern "system" fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO
         report(Rule::BadParameter, "IoAllocateWorkItem(NULL): a work item keeps a device object referenced");
         return std::ptr::null_mut();
     }
+    if k.devices.was_freed(device) {
+        report(
+            Rule::DeviceObjectMisuse,
+            format!("IoAllocateWorkItem({device:?}): the device was already freed"),
+        );
+        return std::ptr::null_mut();
+    }
     let item = raw_alloc(ITEM_SIZE);
     if !item.is_null() {
         let idle = Item { queued: false, running: 0, device: device as usize };

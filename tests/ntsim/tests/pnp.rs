@@ -7,7 +7,7 @@
 //! [`Probe`] by that name and reads its planted bugs from its `Parameters` key.
 
 use std::mem::size_of;
-use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicI32, AtomicPtr, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -703,6 +703,69 @@ fn a_second_driver_object_extension_with_the_same_id_collides() {
     assert_eq!(status.0 as u32, 0xC000_0035, "STATUS_OBJECT_NAME_COLLISION");
     assert!(again.is_null());
     drop(_in);
+    unload_both(&kernel, s);
+    kernel.finish();
+}
+
+/// A registration whose callback unregisters it: the planted bug.
+#[derive(Default)]
+struct SelfUnregister {
+    entry: AtomicPtr<std::ffi::c_void>,
+    status: AtomicI32,
+    calls: AtomicU32,
+}
+
+unsafe extern "system" fn unregister_self(_notification: PVOID, context: PVOID) -> NTSTATUS {
+    // SAFETY: our SelfUnregister, which outlives the registration.
+    let s = unsafe { &*(context as *const SelfUnregister) };
+    let deadline = Instant::now() + WAIT;
+    while s.entry.load(Ordering::SeqCst).is_null() && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    // SAFETY: the bug under test: our own entry, from inside its callback.
+    let status = unsafe { IoUnregisterPlugPlayNotificationEx(s.entry.load(Ordering::SeqCst)) };
+    s.status.store(status.0, Ordering::SeqCst);
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    STATUS_SUCCESS
+}
+
+#[test]
+fn unregistering_from_the_own_callback_is_reported_and_does_not_hang() {
+    let kernel = Kernel::boot();
+    let s = load(&kernel, "SelfUnregister", &[]);
+    let device = kernel.add_root_device(&s.driver, "Root\\SelfUnregister", "").expect("device starts");
+    let state = Arc::new(SelfUnregister::default());
+    {
+        let _in = kernel.enter();
+        let mut entry = std::ptr::null_mut();
+        let mut class = GUID_TEST;
+        // SAFETY: `state` outlives the registration, which its callback ends.
+        let status = unsafe {
+            IoRegisterPlugPlayNotification(
+                EventCategoryDeviceInterfaceChange,
+                PNPNOTIFY_DEVICE_INTERFACE_INCLUDE_EXISTING_INTERFACES,
+                (&mut class as *mut GUID).cast(),
+                s.consumer.object(),
+                Some(unregister_self),
+                Arc::as_ptr(&state) as PVOID,
+                &mut entry,
+            )
+        };
+        assert_eq!(status, STATUS_SUCCESS);
+        state.entry.store(entry, Ordering::SeqCst);
+    }
+    let deadline = Instant::now() + WAIT;
+    while state.calls.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(state.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(kernel.stats().notifications, 0);
+    let reports = kernel.take_reports();
+    assert!(
+        reports.iter().any(|r| r.rule == Rule::NotificationMisuse && r.detail.contains("own callback")),
+        "{reports:?}"
+    );
+    kernel.remove_device(&device).expect("removal");
     unload_both(&kernel, s);
     kernel.finish();
 }
