@@ -233,15 +233,53 @@ pub unsafe extern "system" fn IoCreateDevice(
     if allocation_fails(AllocKind::Pool) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
-    let size = EXTENSION_OFFSET + (extension_size as usize).next_multiple_of(16);
-    let device = raw_alloc(size) as *mut DEVICE_OBJECT;
-    if device.is_null() {
-        return STATUS_INSUFFICIENT_RESOURCES;
+    match k.devices.create(driver, extension_size, device_type, characteristics) {
+        Some(device) => {
+            // SAFETY: the caller's out pointer, checked non-NULL.
+            unsafe { *out = device };
+            STATUS_SUCCESS
+        }
+        None => STATUS_INSUFFICIENT_RESOURCES,
     }
-    let serial = k.devices.serial.fetch_add(1, Ordering::Relaxed);
-    let mut st = lock(&k.devices.state);
-    // SAFETY: fresh zeroed allocation of `size` bytes; the driver object is loaded and its
-    // device list is only changed under the device table lock.
+}
+
+impl Devices {
+    /// A new device object of `driver` (a loaded one), initializing, at the head of the
+    /// driver's list. No fault injection: the PnP manager's own PDOs come from here too.
+    pub(crate) fn create(
+        &self,
+        driver: *mut DRIVER_OBJECT,
+        extension_size: u32,
+        device_type: u32,
+        characteristics: u32,
+    ) -> Option<*mut DEVICE_OBJECT> {
+        let size = EXTENSION_OFFSET + (extension_size as usize).next_multiple_of(16);
+        let device = raw_alloc(size) as *mut DEVICE_OBJECT;
+        if device.is_null() {
+            return None;
+        }
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let mut st = lock(&self.state);
+        // SAFETY: fresh zeroed allocation of `size` bytes; the driver object is loaded and
+        // its device list is only changed under the device table lock.
+        unsafe { initialize(device, driver, extension_size, device_type, characteristics) };
+        st.freed.remove(&(device as usize));
+        let rec =
+            DeviceRecord { size, driver: driver as usize, deleted: false, refs: 0, attached_to: 0, serial };
+        st.live.insert(device as usize, rec);
+        Some(device)
+    }
+}
+
+/// IoCreateDevice's fields, and the link into the driver's device list.
+unsafe fn initialize(
+    device: *mut DEVICE_OBJECT,
+    driver: *mut DRIVER_OBJECT,
+    extension_size: u32,
+    device_type: u32,
+    characteristics: u32,
+) {
+    // SAFETY: per the caller.
     unsafe {
         (*device).Type = IO_TYPE_DEVICE;
         (*device).Size = (EXTENSION_OFFSET + extension_size as usize) as u16;
@@ -255,12 +293,7 @@ pub unsafe extern "system" fn IoCreateDevice(
         }
         (*device).NextDevice = (*driver).DeviceObject;
         (*driver).DeviceObject = device;
-        *out = device;
     }
-    st.freed.remove(&(device as usize));
-    let rec = DeviceRecord { size, driver: driver as usize, deleted: false, refs: 0, attached_to: 0, serial };
-    st.live.insert(device as usize, rec);
-    STATUS_SUCCESS
 }
 
 #[unsafe(no_mangle)]

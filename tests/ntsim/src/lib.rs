@@ -8,6 +8,12 @@
 //! spin locks, rundown references, WSK registration blocks and socket objects. The WSK
 //! provider moves real bytes over loopback TCP.
 //!
+//! Drivers load and unload as in Windows ([`Kernel::load_driver`], DriverEntry, AddDevice
+//! for a root-enumerated [`Device`], the PnP IRPs, DriverUnload once its devices are
+//! gone); device interfaces, their notifications, file objects (kernel-mode opens and
+//! [`Kernel::open_from_user_mode`] behind the device's SDDL) and the service's
+//! `Parameters` key are modelled with the checks Driver Verifier makes on them.
+//!
 //! Every test boots its own [`Kernel`]; a thread reaches it through [`Kernel::enter`]
 //! (ntsim's own threads are entered already), so tests in one binary do not share
 //! state. The [`verifier`] records what Driver Verifier would bugcheck on; dropping a

@@ -17,7 +17,7 @@ use wsktls_nt::{
     STATUS_SUCCESS,
 };
 
-use crate::device::{IRP_WAIT, IoCreateDevice, IoDeleteDevice, initializing};
+use crate::device::{IRP_WAIT, IoDeleteDevice, initializing};
 use crate::driver::Driver;
 use crate::io::IofCompleteRequest;
 use crate::irql::with_irql;
@@ -221,6 +221,20 @@ impl Kernel {
         Ok(())
     }
 
+    /// Asks the device's stack whether it could be removed: IRP_MN_QUERY_REMOVE_DEVICE,
+    /// sent as the PnP manager sends it once no open handle vetoes the removal, then
+    /// IRP_MN_CANCEL_REMOVE_DEVICE either way (the device stays). Returns what the
+    /// stack's drivers answered the query with: their own veto, apart from the
+    /// outstanding-open one `remove_device` applies first.
+    pub fn query_remove_device(&self, device: &Device) -> NTSTATUS {
+        let _in = self.enter();
+        let k = self.inner();
+        let pdo = device.pdo();
+        let status = send_pnp(k, pdo, IRP_MN_QUERY_REMOVE_DEVICE);
+        send_pnp(k, pdo, IRP_MN_CANCEL_REMOVE_DEVICE);
+        status
+    }
+
     /// Pulls a started device out: IRP_MN_SURPRISE_REMOVAL, then, once every file object
     /// opened on it is closed (as Windows waits), IRP_MN_REMOVE_DEVICE; no query.
     pub fn surprise_remove_device(&self, device: &Device) {
@@ -239,22 +253,8 @@ impl Kernel {
 
 fn create_pdo(k: &KernelInner) -> Result<*mut DEVICE_OBJECT, NTSTATUS> {
     let root = k.pnp.root_driver(k).ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
-    let mut pdo = std::ptr::null_mut();
-    // SAFETY: ntsim's own driver object; `pdo` is our out pointer.
-    let status = unsafe {
-        IoCreateDevice(
-            root,
-            0,
-            std::ptr::null_mut(),
-            FILE_DEVICE_UNKNOWN,
-            FILE_DEVICE_SECURE_OPEN,
-            0,
-            &mut pdo,
-        )
-    };
-    if !NT_SUCCESS(status) {
-        return Err(status);
-    }
+    let pdo = k.devices.create(root, 0, FILE_DEVICE_UNKNOWN, FILE_DEVICE_SECURE_OPEN);
+    let pdo = pdo.ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
     // SAFETY: just created, ours.
     unsafe { (*pdo).Flags &= !DO_DEVICE_INITIALIZING };
     Ok(pdo)
