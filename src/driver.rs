@@ -18,21 +18,23 @@ use crate::interface::{DISPATCH, Defaults, Provider};
 use crate::log;
 use crate::log::Level;
 use crate::nt::{
-    DEVICE_OBJECT, DO_DEVICE_INITIALIZING, DO_POWER_PAGABLE, DRIVER_OBJECT, DriverRegKeyParameters, Event, FALSE,
-    FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN, GUID_DEVINTERFACE_WSKTLS, HANDLE, IO_NO_INCREMENT,
+    DEVICE_OBJECT, DO_DEVICE_INITIALIZING, DO_POWER_PAGABLE, DRIVER_OBJECT, DriverRegKeyParameters, Event,
+    FALSE, FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN, GUID_DEVINTERFACE_WSKTLS, HANDLE, IO_NO_INCREMENT,
     IOCTL_WSKTLS_GET_PROVIDER, IRP, IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
-    IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_PNP, IRP_MJ_POWER, IRP_MJ_SYSTEM_CONTROL, IRP_MN_CANCEL_REMOVE_DEVICE,
-    IRP_MN_CANCEL_STOP_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_QUERY_STOP_DEVICE, IRP_MN_REMOVE_DEVICE,
-    IRP_MN_START_DEVICE, IRP_MN_STOP_DEVICE, IRP_MN_SURPRISE_REMOVAL, IoAllocateDriverObjectExtension,
-    IoAttachDeviceToDeviceStack, IoCallDriver, IoCompleteRequest, IoCopyCurrentIrpStackLocationToNext, IoCreateDevice,
-    IoDeleteDevice, IoDetachDevice, IoGetCurrentIrpStackLocation, IoGetDriverObjectExtension,
-    IoOpenDriverRegistryKey, IoRegisterDeviceInterface, IoSetCompletionRoutine, IoSetDeviceInterfaceState,
-    IoSkipCurrentIrpStackLocation, KEY_READ, KEY_VALUE_PARTIAL_INFORMATION, KernelMode, KeyValuePartialInformation,
-    NTSTATUS, PVOID, REG_DWORD, RtlFreeUnicodeString, STATUS_ACCESS_DENIED, STATUS_BUFFER_TOO_SMALL,
-    STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_DEVICE_REQUEST,
-    STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED, STATUS_NO_SUCH_DEVICE, STATUS_PENDING,
-    STATUS_REVISION_MISMATCH, STATUS_SUCCESS, SpinLock, TRUE, UNICODE_STRING, WSKTLS_PROVIDER_NPI,
-    WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0, ZwClose, ZwQueryValueKey,
+    IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_PNP, IRP_MJ_POWER, IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_CANCEL_REMOVE_DEVICE, IRP_MN_CANCEL_STOP_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE,
+    IRP_MN_QUERY_STOP_DEVICE, IRP_MN_REMOVE_DEVICE, IRP_MN_START_DEVICE, IRP_MN_STOP_DEVICE,
+    IRP_MN_SURPRISE_REMOVAL, IoAllocateDriverObjectExtension, IoAttachDeviceToDeviceStack, IoCallDriver,
+    IoCompleteRequest, IoCopyCurrentIrpStackLocationToNext, IoCreateDevice, IoDeleteDevice, IoDetachDevice,
+    IoGetCurrentIrpStackLocation, IoGetDriverObjectExtension, IoOpenDriverRegistryKey,
+    IoRegisterDeviceInterface, IoSetCompletionRoutine, IoSetDeviceInterfaceState,
+    IoSkipCurrentIrpStackLocation, KEY_READ, KEY_VALUE_PARTIAL_INFORMATION, KernelMode,
+    KeyValuePartialInformation, NTSTATUS, PVOID, REG_DWORD, RtlFreeUnicodeString, STATUS_ACCESS_DENIED,
+    STATUS_BUFFER_TOO_SMALL, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED,
+    STATUS_NO_SUCH_DEVICE, STATUS_PENDING, STATUS_REVISION_MISMATCH, STATUS_SUCCESS, SpinLock, TRUE,
+    UNICODE_STRING, WSKTLS_PROVIDER_NPI, WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0, ZwClose,
+    ZwQueryValueKey,
 };
 
 /// Identifies wsktls's per-driver storage (IoAllocateDriverObjectExtension): its address.
@@ -61,7 +63,10 @@ struct Life {
 ///
 /// # Safety
 /// Called once by the I/O manager with its driver object.
-pub unsafe extern "system" fn driver_entry(driver: *mut DRIVER_OBJECT, _registry: *mut UNICODE_STRING) -> NTSTATUS {
+pub unsafe extern "system" fn driver_entry(
+    driver: *mut DRIVER_OBJECT,
+    _registry: *mut UNICODE_STRING,
+) -> NTSTATUS {
     // SAFETY: the I/O manager's driver object, at PASSIVE_LEVEL in DriverEntry.
     unsafe {
         let defaults = read_parameters(driver);
@@ -216,7 +221,11 @@ unsafe fn set_up(fdo: *mut DEVICE_OBJECT, pdo: *mut DEVICE_OBJECT, defaults: Def
             return status;
         }
         addr_of_mut!((*device).life).write(SpinLock::new(Life::default()));
-        addr_of_mut!((*device).interface).write(UNICODE_STRING { Length: 0, MaximumLength: 0, Buffer: null_mut() });
+        addr_of_mut!((*device).interface).write(UNICODE_STRING {
+            Length: 0,
+            MaximumLength: 0,
+            Buffer: null_mut(),
+        });
         let lower = IoAttachDeviceToDeviceStack(fdo, pdo);
         addr_of_mut!((*device).lower).write(lower);
         let status = if lower.is_null() {
@@ -405,7 +414,11 @@ unsafe fn pass_down_and_wait(device: &Device, irp: *mut IRP) -> NTSTATUS {
     }
 }
 
-unsafe extern "system" fn lower_done(_device: *mut DEVICE_OBJECT, _irp: *mut IRP, context: PVOID) -> NTSTATUS {
+unsafe extern "system" fn lower_done(
+    _device: *mut DEVICE_OBJECT,
+    _irp: *mut IRP,
+    context: PVOID,
+) -> NTSTATUS {
     // SAFETY: the event pass_down_and_wait is waiting on.
     unsafe { (*context.cast::<Event>()).set() };
     STATUS_MORE_PROCESSING_REQUIRED

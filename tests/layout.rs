@@ -298,6 +298,12 @@ fn nt_layouts() -> Vec<Layout> {
         } nested {
             DriverName.Length, DriverName.MaximumLength, DriverName.Buffer,
         }),
+        layout!(DRIVER_EXTENSION { DriverObject, AddDevice, Count, ServiceKeyName }),
+        layout!(GUID { Data1, Data2, Data3, Data4 }),
+        layout!(KEY_VALUE_PARTIAL_INFORMATION { TitleIndex, Type, DataLength, Data }),
+        layout!(DEVICE_INTERFACE_CHANGE_NOTIFICATION {
+            Version, Size, Event, InterfaceClassGuid, SymbolicLinkName,
+        }),
     ]
 }
 
@@ -326,7 +332,13 @@ fn nt_constants() -> Vec<Constant> {
         MDL_WRITE_OPERATION, MDL_NETWORK_HEADER, MDL_MAPPING_CAN_FAIL,
         SL_PENDING_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_SUCCESS, SL_INVOKE_ON_ERROR,
         IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL,
-        IRP_MJ_CLEANUP, IRP_MJ_PNP, IRP_MJ_MAXIMUM_FUNCTION,
+        IRP_MJ_CLEANUP, IRP_MJ_PNP, IRP_MJ_POWER, IRP_MJ_SYSTEM_CONTROL, IRP_MJ_MAXIMUM_FUNCTION,
+        IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_REMOVE_DEVICE,
+        IRP_MN_CANCEL_REMOVE_DEVICE, IRP_MN_STOP_DEVICE, IRP_MN_QUERY_STOP_DEVICE,
+        IRP_MN_CANCEL_STOP_DEVICE, IRP_MN_SURPRISE_REMOVAL,
+        DO_DEVICE_INITIALIZING, DO_POWER_PAGABLE, FILE_DEVICE_NETWORK, FILE_DEVICE_SECURE_OPEN,
+        METHOD_NEITHER, FILE_ANY_ACCESS, KEY_READ, REG_DWORD, KeyValuePartialInformation,
+        EventCategoryDeviceInterfaceChange, PNPNOTIFY_DEVICE_INTERFACE_INCLUDE_EXISTING_INTERFACES,
         IO_TYPE_IRP, IO_NO_INCREMENT, IO_NETWORK_INCREMENT,
         PAGE_SIZE, PAGE_SHIFT,
         PASSIVE_LEVEL, APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL,
@@ -958,6 +970,20 @@ fn well_known_x64_sizes_and_offsets_hold() {
     assert_eq!(size_of::<DRIVER_OBJECT>(), 0x150);
     assert_eq!(offset_of!(DRIVER_OBJECT, DriverUnload), 0x68);
     assert_eq!(offset_of!(DRIVER_OBJECT, MajorFunction), 0x70);
+    // DEVICE_OBJECT is DECLSPEC_ALIGN(16) in the WDK, which MinGW's header leaves out (so
+    // its size, 0x148 there, cannot be compared); the offsets are MinGW's.
+    assert_eq!((size_of::<DEVICE_OBJECT>(), align_of::<DEVICE_OBJECT>()), (0x150, 16));
+    assert_eq!(offset_of!(DEVICE_OBJECT, Flags), 48);
+    assert_eq!(offset_of!(DEVICE_OBJECT, DeviceExtension), 64);
+    assert_eq!(offset_of!(DEVICE_OBJECT, StackSize), 76);
+    assert_eq!(offset_of!(DEVICE_OBJECT, AlignmentRequirement), 152);
+    assert_eq!(offset_of!(DEVICE_OBJECT, Dpc), 200);
+    assert_eq!(offset_of!(DEVICE_OBJECT, SecurityDescriptor), 272);
+    assert_eq!(offset_of!(DEVICE_OBJECT, DeviceLock), 280);
+    assert_eq!(offset_of!(DEVICE_OBJECT, SectorSize), 304);
+    assert_eq!(offset_of!(DEVICE_OBJECT, Reserved), 320);
+    assert_eq!(size_of::<FILE_OBJECT>(), 216);
+    assert_eq!(offset_of!(FILE_OBJECT, FsContext2), 32);
     assert_eq!(KERNEL_STACK_SIZE, 0x6000);
     assert_eq!(MAXIMUM_EXPANSION_SIZE, 0x12000 - 0x800);
 }

@@ -15,9 +15,9 @@ use super::table::{self, Slot, SlotRef};
 use crate::channel::{Channel, ChannelConfig};
 use crate::nt::{
     DEVICE_OBJECT, IO_NO_INCREMENT, IRP, IoCompleteRequest, NTSTATUS, PVOID, PoolBox,
-    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED, STATUS_PENDING, STATUS_SUCCESS,
-    WSK_BUF, WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_DISPATCH, WSKTLS_PROVIDER, WSKTLS_VERSION_1_0, WorkItem,
-    pool_tag,
+    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED, STATUS_PENDING,
+    STATUS_SUCCESS, WSK_BUF, WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_DISPATCH, WSKTLS_PROVIDER,
+    WSKTLS_VERSION_1_0, WorkItem, pool_tag,
 };
 
 const TAG_CONNECT: u32 = pool_tag(b"WtCn");
@@ -117,8 +117,12 @@ unsafe fn start_connect(
     // SAFETY: `out` is the caller's, valid until completion.
     unsafe { *out = core::ptr::null_mut() };
     let slot: *const Slot = provider.table().reserve()?;
-    let pending = WorkItem::new(device_of(slot)).and_then(|work| {
-        PoolBox::new(TAG_CONNECT, Pending { config, request: ConsumerRequest::NONE, out, slot, provider, work })
+    // SAFETY: the provider's device, which outlives this connect (its rundown).
+    let pending = unsafe { WorkItem::new(device_of(slot)) }.and_then(|work| {
+        PoolBox::new(
+            TAG_CONNECT,
+            Pending { config, request: ConsumerRequest::NONE, out, slot, provider, work },
+        )
     });
     let mut pending = match pending {
         Ok(p) => p,
@@ -197,7 +201,12 @@ unsafe extern "system" fn connect_work(_device: *mut DEVICE_OBJECT, context: PVO
 /// # Safety
 /// The documented contract: `channel` from Connect (or stale), `buffer` describing locked
 /// pages valid until completion, `irp` the caller's.
-unsafe extern "system" fn send(channel: *mut WSKTLS_CHANNEL, buffer: *mut WSK_BUF, flags: u32, irp: *mut IRP) -> NTSTATUS {
+unsafe extern "system" fn send(
+    channel: *mut WSKTLS_CHANNEL,
+    buffer: *mut WSK_BUF,
+    flags: u32,
+    irp: *mut IRP,
+) -> NTSTATUS {
     // SAFETY: forwarded contract.
     unsafe { transfer(channel, buffer, flags, irp, super::send) }
 }
@@ -268,7 +277,11 @@ unsafe extern "system" fn disconnect(channel: *mut WSKTLS_CHANNEL, flags: u32, i
         Err(status) => return unsafe { refuse(irp, status) },
     };
     let slot = held.slot();
-    if slot.disconnect_irp.compare_exchange(core::ptr::null_mut(), irp, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if slot
+        .disconnect_irp
+        .compare_exchange(core::ptr::null_mut(), irp, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         // SAFETY: the caller's IRP.
         return unsafe { refuse(irp, STATUS_INVALID_DEVICE_STATE) };
     }

@@ -46,7 +46,10 @@ type Checked<T> = Result<T, NTSTATUS>;
 /// `p` is null or points at a WSKTLS_CONNECT_PARAMETERS whose pointers are null or valid
 /// for the lengths beside them (the documented contract; nonpaged if the caller is above
 /// APC_LEVEL).
-pub(crate) unsafe fn capture(p: *const WSKTLS_CONNECT_PARAMETERS, defaults: &Defaults) -> Checked<ChannelConfig> {
+pub(crate) unsafe fn capture(
+    p: *const WSKTLS_CONNECT_PARAMETERS,
+    defaults: &Defaults,
+) -> Checked<ChannelConfig> {
     // SAFETY: null or valid, per the contract.
     let p = unsafe { p.as_ref() }.ok_or(STATUS_INVALID_PARAMETER)?;
     if p.Size as usize != size_of::<WSKTLS_CONNECT_PARAMETERS>() {
@@ -61,8 +64,8 @@ pub(crate) unsafe fn capture(p: *const WSKTLS_CONNECT_PARAMETERS, defaults: &Def
     // SAFETY: forwarded contract, field by field.
     let (remote, tls) = unsafe { (address(p.RemoteAddress)?, tls_params(p)?) };
     let mut config = ChannelConfig::new(remote, tls);
-    config.record_size = or_default(p.RecordSize, MAX_FRAGMENT as u32, MIN_RECORD_SIZE as u32, MAX_FRAGMENT as u32)?
-        as usize;
+    config.record_size =
+        or_default(p.RecordSize, MAX_FRAGMENT as u32, MIN_RECORD_SIZE as u32, MAX_FRAGMENT as u32)? as usize;
     config.send_budget = match p.SendBudget {
         0 => None,
         b => Some(within(b, MIN_SEND_BUDGET as u32, MAX_SEND_BUDGET as u32)? as usize),
@@ -70,7 +73,8 @@ pub(crate) unsafe fn capture(p: *const WSKTLS_CONNECT_PARAMETERS, defaults: &Def
     let two_records = 2 * (config.record_size + OVERHEAD) as u32;
     config.receive_buffer =
         or_default(p.ReceiveBuffer, config.receive_buffer as u32, two_records, MAX_RECEIVE_BUFFER)? as usize;
-    config.connect_timeout_ms = or_default(p.ConnectTimeoutMs, defaults.connect_timeout_ms, 1, MAX_TIMEOUT_MS)?;
+    config.connect_timeout_ms =
+        or_default(p.ConnectTimeoutMs, defaults.connect_timeout_ms, 1, MAX_TIMEOUT_MS)?;
     config.handshake_timeout_ms =
         or_default(p.HandshakeTimeoutMs, defaults.handshake_timeout_ms, 1, MAX_TIMEOUT_MS)?;
     Ok(config)
@@ -98,7 +102,12 @@ unsafe fn address(a: *const SOCKADDR) -> Checked<SocketAddr> {
         } else if family == AF_INET6 {
             let v6 = &*a.cast::<SOCKADDR_IN6>();
             let ip = Ipv6Addr::from(v6.sin6_addr);
-            SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), v6.sin6_flowinfo, v6.sin6_scope_id))
+            SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            ))
         } else {
             return Err(STATUS_INVALID_ADDRESS);
         }
@@ -153,7 +162,10 @@ unsafe fn pin(pin: *const u8) -> Option<[u8; 32]> {
 unsafe fn client_auth(p: &WSKTLS_CONNECT_PARAMETERS) -> Checked<Option<ClientAuth>> {
     // SAFETY: forwarded contract.
     let (chain, key) = unsafe {
-        (blobs(p.ClientChain, p.ClientChainCount, MAX_CERTIFICATES, MAX_CERTIFICATE)?, bytes(&p.ClientKey, MAX_KEY)?)
+        (
+            blobs(p.ClientChain, p.ClientChainCount, MAX_CERTIFICATES, MAX_CERTIFICATE)?,
+            bytes(&p.ClientKey, MAX_KEY)?,
+        )
     };
     match (chain.is_empty(), key.is_empty()) {
         (true, true) => Ok(None),
@@ -206,7 +218,12 @@ unsafe fn bytes(blob: &WSKTLS_BLOB, max: u32) -> Checked<&[u8]> {
 ///
 /// # Safety
 /// `array` is null or valid for `count` blobs, each valid per [`bytes`].
-unsafe fn blobs(array: *const WSKTLS_BLOB, count: u32, max_count: u32, max_len: u32) -> Checked<Vec<Vec<u8>>> {
+unsafe fn blobs(
+    array: *const WSKTLS_BLOB,
+    count: u32,
+    max_count: u32,
+    max_len: u32,
+) -> Checked<Vec<Vec<u8>>> {
     if count == 0 {
         return Ok(Vec::new());
     }

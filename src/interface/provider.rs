@@ -181,7 +181,8 @@ impl Provider {
         // their channels; what remains is what remove_all marked.
         let mut from = 0;
         loop {
-            let next = self.table.lock().holding_from(from).map(|(i, slot)| (i, slot as *const super::table::Slot));
+            let next =
+                self.table.lock().holding_from(from).map(|(i, slot)| (i, slot as *const super::table::Slot));
             let Some((i, slot)) = next else { break };
             // SAFETY: slots live as long as the table, which lives as long as we do.
             unsafe { (*slot).end(STATUS_FILE_FORCED_CLOSED) };

@@ -273,7 +273,16 @@ impl Table {
     ) -> Result<Table, NTSTATUS> {
         let chunks = (limit.max(1) as usize).div_ceil(CHUNK);
         let limit = (chunks * CHUNK) as u32;
-        let mut table = Table { provider, device, chunks: Vec::new(), free: Vec::new(), made: 0, limit, live: 0, removed: false };
+        let mut table = Table {
+            provider,
+            device,
+            chunks: Vec::new(),
+            free: Vec::new(),
+            made: 0,
+            limit,
+            live: 0,
+            removed: false,
+        };
         table.chunks.try_reserve_exact(chunks).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         table.free.try_reserve_exact(limit as usize).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         Ok(table)
@@ -320,7 +329,8 @@ impl Table {
         let mut works = Vec::new();
         works.try_reserve_exact(2 * CHUNK).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         for _ in 0..2 * CHUNK {
-            works.push(WorkItem::new(self.device)?);
+            // SAFETY: the provider's device, which outlives its table.
+            works.push(unsafe { WorkItem::new(self.device)? });
         }
         let mut works = works.into_iter();
         let mut next_work = || works.next().ok_or(STATUS_INSUFFICIENT_RESOURCES);
@@ -352,7 +362,11 @@ impl Table {
 
     /// Opens a reserved slot with its channel and returns the consumer's handle; gives the
     /// channel back when the device is being removed (the caller closes it).
-    pub(crate) fn publish(&mut self, slot: &Slot, channel: PoolBox<Channel>) -> Result<*mut WSKTLS_CHANNEL, PoolBox<Channel>> {
+    pub(crate) fn publish(
+        &mut self,
+        slot: &Slot,
+        channel: PoolBox<Channel>,
+    ) -> Result<*mut WSKTLS_CHANNEL, PoolBox<Channel>> {
         if self.removed {
             return Err(channel);
         }
@@ -385,12 +399,15 @@ impl Table {
 
     /// Whether a Connect or a Close is still running on some slot.
     pub(crate) fn closing(&self) -> bool {
-        (0..self.made).any(|i| matches!(state(self.slot(i).word.load(Ordering::Acquire)), CONNECTING | CLOSING))
+        (0..self.made)
+            .any(|i| matches!(state(self.slot(i).word.load(Ordering::Acquire)), CONNECTING | CLOSING))
     }
 
     /// The first slot from index `from` on that still holds a channel, with its index.
     pub(crate) fn holding_from(&self, from: u32) -> Option<(u32, &Slot)> {
-        (from..self.made).map(|i| (i, self.slot(i))).find(|(_, s)| !s.channel.load(Ordering::Acquire).is_null())
+        (from..self.made)
+            .map(|i| (i, self.slot(i)))
+            .find(|(_, s)| !s.channel.load(Ordering::Acquire).is_null())
     }
 }
 

@@ -63,7 +63,7 @@ DEFINE_GUID(GUID_DEVINTERFACE_WSKTLS,
    (Type3InputBuffer) a WSKTLS_PROVIDER_REQUEST, output (Irp->UserBuffer) a
    WSKTLS_PROVIDER_NPI. */
 /* The device type of wsktls's control codes, from the range left to third parties. */
-#define FILE_DEVICE_WSKTLS 0x000087A5
+#define FILE_DEVICE_WSKTLS 0x000087A5u  /* unsigned: CTL_CODE shifts it into bit 31 */
 
 #define IOCTL_WSKTLS_GET_PROVIDER \
   CTL_CODE(FILE_DEVICE_WSKTLS, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS)

@@ -10,7 +10,10 @@ use crate::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING, system_random};
 /// # Safety
 /// Called once by the I/O manager with its driver object, at PASSIVE_LEVEL.
 #[unsafe(no_mangle)]
-pub unsafe extern "system" fn DriverEntry(driver: *mut DRIVER_OBJECT, registry: *mut UNICODE_STRING) -> NTSTATUS {
+pub unsafe extern "system" fn DriverEntry(
+    driver: *mut DRIVER_OBJECT,
+    registry: *mut UNICODE_STRING,
+) -> NTSTATUS {
     // SAFETY: forwarded contract.
     unsafe { crate::driver::driver_entry(driver, registry) }
 }

@@ -5,7 +5,9 @@
 //! and `DriverUnload` (in DriverEntry, at PASSIVE_LEVEL) and reads `DriverName`. It never
 //! frees the object or writes the other fields.
 
-use crate::{PDRIVER_ADD_DEVICE, CSHORT, DEVICE_OBJECT, IRP, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, PVOID, UNICODE_STRING};
+use crate::{
+    CSHORT, DEVICE_OBJECT, IRP, IRP_MJ_MAXIMUM_FUNCTION, NTSTATUS, PDRIVER_ADD_DEVICE, PVOID, UNICODE_STRING,
+};
 
 /// `DRIVER_INITIALIZE`: the entry point, `DriverEntry(DriverObject, RegistryPath)`. Called
 /// once, at PASSIVE_LEVEL, in a system thread.

@@ -7,7 +7,8 @@ use core::mem::size_of;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::{
-    BOOLEAN, CCHAR, CSHORT, DRIVER_OBJECT, KDPC, KEVENT, KIRQL, KPROCESSOR_MODE, LIST_ENTRY, MDL, NTSTATUS, PVOID, ULONG_PTR,
+    BOOLEAN, CCHAR, CSHORT, DRIVER_OBJECT, KDPC, KEVENT, KIRQL, KPROCESSOR_MODE, LIST_ENTRY, MDL, NTSTATUS,
+    PVOID, ULONG_PTR,
 };
 
 /// `IO_TYPE_IRP`: the `Type` of every IRP.
@@ -36,10 +37,11 @@ pub const IRP_MJ_PNP: u8 = 0x1b;
 /// has one entry per code, `IRP_MJ_MAXIMUM_FUNCTION + 1` in all.
 pub const IRP_MJ_MAXIMUM_FUNCTION: u8 = 0x1b;
 
-/// A device object (wdm.h), 0x148 bytes on x64. The I/O manager allocates it with the
-/// driver's extension behind it (IoCreateDevice); the driver reads `DeviceExtension`,
-/// sets `Flags` and `StackSize` while creating it, and leaves the rest alone.
-#[repr(C)]
+/// A device object (wdm.h), 0x150 bytes on x64 (DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT),
+/// which MinGW's header leaves out). The I/O manager allocates it with the driver's
+/// extension behind it (IoCreateDevice); the driver reads `DeviceExtension`, sets `Flags`
+/// and `StackSize` while creating it, and leaves the rest alone.
+#[repr(C, align(16))]
 pub struct DEVICE_OBJECT {
     pub Type: CSHORT,
     pub Size: u16,

@@ -2,9 +2,7 @@
 //! two object-manager and registry calls a WDM driver needs: what DriverEntry, AddDevice,
 //! the PnP dispatch routine, and a consumer driver that looks for wsktls use.
 
-use crate::{
-    BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, FILE_OBJECT, IRP, NTSTATUS, PVOID, UNICODE_STRING,
-};
+use crate::{BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, FILE_OBJECT, IRP, NTSTATUS, PVOID, UNICODE_STRING};
 
 /// A GUID (guiddef.h), 16 bytes.
 #[repr(C)]
@@ -17,11 +15,19 @@ pub struct GUID {
 }
 
 /// `GUID_DEVICE_INTERFACE_ARRIVAL` (wdmguid.h): an interface was enabled.
-pub const GUID_DEVICE_INTERFACE_ARRIVAL: GUID =
-    GUID { Data1: 0xcb3a4004, Data2: 0x46f0, Data3: 0x11d0, Data4: [0xb0, 0x8f, 0x00, 0x60, 0x97, 0x13, 0x05, 0x3f] };
+pub const GUID_DEVICE_INTERFACE_ARRIVAL: GUID = GUID {
+    Data1: 0xcb3a4004,
+    Data2: 0x46f0,
+    Data3: 0x11d0,
+    Data4: [0xb0, 0x8f, 0x00, 0x60, 0x97, 0x13, 0x05, 0x3f],
+};
 /// `GUID_DEVICE_INTERFACE_REMOVAL` (wdmguid.h): an interface was disabled.
-pub const GUID_DEVICE_INTERFACE_REMOVAL: GUID =
-    GUID { Data1: 0xcb3a4005, Data2: 0x46f0, Data3: 0x11d0, Data4: [0xb0, 0x8f, 0x00, 0x60, 0x97, 0x13, 0x05, 0x3f] };
+pub const GUID_DEVICE_INTERFACE_REMOVAL: GUID = GUID {
+    Data1: 0xcb3a4005,
+    Data2: 0x46f0,
+    Data3: 0x11d0,
+    Data4: [0xb0, 0x8f, 0x00, 0x60, 0x97, 0x13, 0x05, 0x3f],
+};
 
 /// `HANDLE`.
 pub type HANDLE = PVOID;
@@ -99,7 +105,10 @@ pub type PDRIVER_NOTIFICATION_CALLBACK_ROUTINE =
 /// `DRIVER_ADD_DEVICE`: creates the driver's device object for a new physical device
 /// object and attaches it to the stack. PASSIVE_LEVEL.
 pub type PDRIVER_ADD_DEVICE = Option<
-    unsafe extern "system" fn(DriverObject: *mut DRIVER_OBJECT, PhysicalDeviceObject: *mut DEVICE_OBJECT) -> NTSTATUS,
+    unsafe extern "system" fn(
+        DriverObject: *mut DRIVER_OBJECT,
+        PhysicalDeviceObject: *mut DEVICE_OBJECT,
+    ) -> NTSTATUS,
 >;
 
 /// `IoCallDriver` (the wdm.h macro over IofCallDriver): sends `irp`, whose next stack
@@ -199,7 +208,10 @@ unsafe extern "system" {
         DriverObjectExtensionSize: u32,
         DriverObjectExtension: *mut PVOID,
     ) -> NTSTATUS;
-    pub fn IoGetDriverObjectExtension(DriverObject: *mut DRIVER_OBJECT, ClientIdentificationAddress: PVOID) -> PVOID;
+    pub fn IoGetDriverObjectExtension(
+        DriverObject: *mut DRIVER_OBJECT,
+        ClientIdentificationAddress: PVOID,
+    ) -> PVOID;
 
     /// Opens the driver's service `Parameters` key (DriverRegKeyParameters). PASSIVE_LEVEL.
     pub fn IoOpenDriverRegistryKey(

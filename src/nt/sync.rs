@@ -8,9 +8,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{
     EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection, ExReleaseRundownProtection,
-    ExWaitForRundownProtectionRelease, Executive, FALSE, KEVENT, KIRQL, KSPIN_LOCK, KeAcquireSpinLockRaiseToDpc, KeClearEvent,
-    KeInitializeEvent, KeReleaseSpinLock, KeSetEvent, KeWaitForSingleObject, KernelMode, NTSTATUS,
-    NotificationEvent, STATUS_INVALID_DEVICE_STATE, relative_timeout_ms,
+    ExWaitForRundownProtectionRelease, Executive, FALSE, KEVENT, KIRQL, KSPIN_LOCK,
+    KeAcquireSpinLockRaiseToDpc, KeClearEvent, KeInitializeEvent, KeReleaseSpinLock, KeSetEvent,
+    KeWaitForSingleObject, KernelMode, NTSTATUS, NotificationEvent, STATUS_INVALID_DEVICE_STATE,
+    relative_timeout_ms,
 };
 
 pub struct SpinLock<T> {

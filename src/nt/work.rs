@@ -5,8 +5,8 @@
 use core::ptr::NonNull;
 
 use crate::{
-    DEVICE_OBJECT, DelayedWorkQueue, IO_WORKITEM, IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem, NTSTATUS,
-    PVOID, STATUS_INSUFFICIENT_RESOURCES,
+    DEVICE_OBJECT, DelayedWorkQueue, IO_WORKITEM, IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem,
+    NTSTATUS, PVOID, STATUS_INSUFFICIENT_RESOURCES,
 };
 
 /// What a work item runs: `(device, context)`, at PASSIVE_LEVEL.
@@ -23,8 +23,11 @@ unsafe impl Sync for WorkItem {}
 
 impl WorkItem {
     /// IoAllocateWorkItem for `device`. IRQL <= DISPATCH_LEVEL.
-    pub fn new(device: *mut DEVICE_OBJECT) -> Result<WorkItem, NTSTATUS> {
-        // SAFETY: the caller's device object; the result is checked.
+    ///
+    /// # Safety
+    /// `device` is a device object of the caller's driver that outlives the item.
+    pub unsafe fn new(device: *mut DEVICE_OBJECT) -> Result<WorkItem, NTSTATUS> {
+        // SAFETY: per the caller; the result is checked.
         let item = unsafe { IoAllocateWorkItem(device) };
         NonNull::new(item).map(|item| WorkItem { item }).ok_or(STATUS_INSUFFICIENT_RESOURCES)
     }

@@ -10,15 +10,16 @@
 //! The calls follow WskSend's conventions: the caller owns the IRP; STATUS_PENDING, then
 //! the completion; every other return has completed the IRP with the same status.
 
-use crate::{
-    CTL_CODE, FILE_ANY_ACCESS, GUID, IRP, METHOD_NEITHER, NTSTATUS, PVOID, SOCKADDR,
-    WSK_BUF,
-};
+use crate::{CTL_CODE, FILE_ANY_ACCESS, GUID, IRP, METHOD_NEITHER, NTSTATUS, PVOID, SOCKADDR, WSK_BUF};
 
 /// `GUID_DEVINTERFACE_WSKTLS` {59DF11A2-7D70-4712-9894-1CA0DB32F2E1}: the interface class
 /// wsktls enables while its device is started.
-pub const GUID_DEVINTERFACE_WSKTLS: GUID =
-    GUID { Data1: 0x59df11a2, Data2: 0x7d70, Data3: 0x4712, Data4: [0x98, 0x94, 0x1c, 0xa0, 0xdb, 0x32, 0xf2, 0xe1] };
+pub const GUID_DEVINTERFACE_WSKTLS: GUID = GUID {
+    Data1: 0x59df11a2,
+    Data2: 0x7d70,
+    Data3: 0x4712,
+    Data4: [0x98, 0x94, 0x1c, 0xa0, 0xdb, 0x32, 0xf2, 0xe1],
+};
 
 /// `WSKTLS_MAKE_VERSION(major, minor)`, as MAKE_WSK_VERSION.
 pub const fn WSKTLS_MAKE_VERSION(major: u16, minor: u16) -> u16 {
@@ -34,7 +35,8 @@ pub const FILE_DEVICE_WSKTLS: u32 = 0x87A5;
 /// The one internal device-control request: METHOD_NEITHER, input
 /// (Parameters.DeviceIoControl.Type3InputBuffer) a WSKTLS_PROVIDER_REQUEST, output
 /// (Irp->UserBuffer) a WSKTLS_PROVIDER_NPI. Kernel-mode senders only.
-pub const IOCTL_WSKTLS_GET_PROVIDER: u32 = CTL_CODE(FILE_DEVICE_WSKTLS, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS);
+pub const IOCTL_WSKTLS_GET_PROVIDER: u32 =
+    CTL_CODE(FILE_DEVICE_WSKTLS, 0x801, METHOD_NEITHER, FILE_ANY_ACCESS);
 
 /// What the consumer asks for: the interface version it was built against.
 #[repr(C)]
@@ -176,15 +178,22 @@ pub type PFN_WSKTLS_CONNECT = Option<
     ) -> NTSTATUS,
 >;
 /// Send(Channel, Buffer, Flags, Irp): WskSend's contract. IRQL <= DISPATCH_LEVEL.
-pub type PFN_WSKTLS_SEND =
-    Option<unsafe extern "system" fn(Channel: *mut WSKTLS_CHANNEL, Buffer: *mut WSK_BUF, Flags: u32, Irp: *mut IRP) -> NTSTATUS>;
+pub type PFN_WSKTLS_SEND = Option<
+    unsafe extern "system" fn(
+        Channel: *mut WSKTLS_CHANNEL,
+        Buffer: *mut WSK_BUF,
+        Flags: u32,
+        Irp: *mut IRP,
+    ) -> NTSTATUS,
+>;
 /// Receive(Channel, Buffer, Flags, Irp): WskReceive's contract. IRQL <= DISPATCH_LEVEL.
 pub type PFN_WSKTLS_RECEIVE = PFN_WSKTLS_SEND;
 /// Disconnect(Channel, Flags, Irp): close_notify, then a graceful TCP disconnect.
 pub type PFN_WSKTLS_DISCONNECT =
     Option<unsafe extern "system" fn(Channel: *mut WSKTLS_CHANNEL, Flags: u32, Irp: *mut IRP) -> NTSTATUS>;
 /// Close(Channel, Irp): always allowed; what is pending completes with STATUS_CANCELLED.
-pub type PFN_WSKTLS_CLOSE = Option<unsafe extern "system" fn(Channel: *mut WSKTLS_CHANNEL, Irp: *mut IRP) -> NTSTATUS>;
+pub type PFN_WSKTLS_CLOSE =
+    Option<unsafe extern "system" fn(Channel: *mut WSKTLS_CHANNEL, Irp: *mut IRP) -> NTSTATUS>;
 /// Query(Channel, Class, Buffer, Length, &Returned): synchronous. IRQL <= DISPATCH_LEVEL.
 pub type PFN_WSKTLS_QUERY = Option<
     unsafe extern "system" fn(
