@@ -351,7 +351,8 @@ fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
         assert!(status.is_success() || channel.is_null(), "no handle from a failed Connect");
         status
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut WSKTLS_CONNECT_PARAMETERS)>, NTSTATUS)> = vec![
+    type Wrong = Box<dyn Fn(&mut WSKTLS_CONNECT_PARAMETERS)>;
+    let cases: Vec<(&str, Wrong, NTSTATUS)> = vec![
         ("wrong Size", Box::new(|p| p.Size -= 8), STATUS_INVALID_BUFFER_SIZE),
         ("wrong Version", Box::new(|p| p.Version = 0x0200), STATUS_REVISION_MISMATCH),
         ("Reserved set", Box::new(|p| p.Reserved = 1), STATUS_INVALID_PARAMETER),

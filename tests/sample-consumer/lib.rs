@@ -115,14 +115,11 @@ unsafe extern "system" fn interface_changed(notification: PVOID, context: PVOID)
         (&*notification.cast::<DEVICE_INTERFACE_CHANGE_NOTIFICATION>(), &*context.cast::<Consumer>())
     };
     if n.Event == GUID_DEVICE_INTERFACE_ARRIVAL && consumer.binding.lock().is_none() {
+        // A failure (the interface already going) waits for the next arrival.
         // SAFETY: the interface's name, valid for the call.
-        match unsafe { Binding::open(n.SymbolicLinkName) } {
-            Ok(binding) => {
-                *consumer.binding.lock() = Some(Arc::new(binding));
-                consumer.bound.set();
-            }
-            // The interface may already be going; the next arrival tries again.
-            Err(_) => {}
+        if let Ok(binding) = unsafe { Binding::open(n.SymbolicLinkName) } {
+            *consumer.binding.lock() = Some(Arc::new(binding));
+            consumer.bound.set();
         }
     } else if n.Event == GUID_DEVICE_INTERFACE_REMOVAL {
         // SAFETY: as above.
