@@ -173,21 +173,26 @@ fn surprise_removal_ends_open_channels_and_completes_pending_irps_without_a_leak
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    kernel.surprise_remove_device(&device);
-    for r in receivers {
-        assert_eq!(r.join().expect("receiver"), Err(STATUS_FILE_FORCED_CLOSED), "pending receives complete");
-    }
-    for s in &sessions {
-        assert_eq!(s.send(b"late"), Err(STATUS_FILE_FORCED_CLOSED), "a dead channel refuses sends");
-    }
-    assert!(kernel.interfaces(&GUID_DEVINTERFACE_WSKTLS).is_empty(), "the interface is gone");
-    // The sample let go of the provider on removal; closing its sessions lets go of the
-    // file object, and with it the device.
-    drop(binding);
-    for s in sessions {
-        let s = Arc::into_inner(s).expect("the only reference");
-        assert_eq!(s.close(), STATUS_SUCCESS, "a dead channel still closes");
-    }
+    // The PnP manager's side runs on its own thread: after IRP_MN_SURPRISE_REMOVAL it
+    // waits for the open handles to close before IRP_MN_REMOVE_DEVICE.
+    std::thread::scope(|scope| {
+        let remover = scope.spawn(|| kernel.surprise_remove_device(&device));
+        for r in receivers {
+            assert_eq!(r.join().expect("receiver"), Err(STATUS_FILE_FORCED_CLOSED), "pending receives complete");
+        }
+        for s in &sessions {
+            assert_eq!(s.send(b"late"), Err(STATUS_FILE_FORCED_CLOSED), "a dead channel refuses sends");
+        }
+        assert!(kernel.interfaces(&GUID_DEVINTERFACE_WSKTLS).is_empty(), "the interface is gone");
+        // The sample let go of the provider on the interface's removal; closing its
+        // sessions lets go of the file object, and with it the device.
+        drop(binding);
+        for s in sessions {
+            let s = Arc::into_inner(s).expect("the only reference");
+            assert_eq!(s.close(), STATUS_SUCCESS, "a dead channel still closes");
+        }
+        remover.join().expect("removal finishes once the handles are closed");
+    });
     kernel.unload_driver(wsktls, WAIT).expect("wsktls unloads once the consumer let go");
     kernel.unload_driver(sample, WAIT).expect("the sample unloads");
     drop(_in);
@@ -466,8 +471,12 @@ fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
     }
     echo(&session, 4096);
 
-    // Close, then every call on the stale handle, and a second Close.
+    // Close, then every call on the stale handle, and a second Close, with a new channel
+    // in the same slot (the free slot is reused at once): the handle's generation refuses
+    // them, and the new channel does not see them.
     assert_eq!(session.close(), STATUS_SUCCESS);
+    let other = open_session(&binding, &peer);
+    assert_eq!(other.handle() as usize & !127, h as usize & !127, "the slot is reused");
     // SAFETY: a closed handle is refused, not followed.
     unsafe {
         let mut buf = chain.wsk_buf(10);
@@ -483,8 +492,7 @@ fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
         );
         assert_eq!(refused(|irp| close(std::ptr::null_mut(), irp)), STATUS_INVALID_HANDLE, "a null handle");
     }
-    // The channel still open elsewhere is untouched by all of this.
-    let other = open_session(&binding, &peer);
+    // The channel in the reused slot is untouched by all of this.
     echo(&other, 64 * 1024);
     assert_eq!(other.disconnect(), Ok(()));
     // SAFETY: the chain's MDL describes locked pool for the call.
@@ -602,6 +610,45 @@ fn get_provider_checks_its_request() {
     }
     kernel.remove_device(&device).expect("removal");
     kernel.unload_driver(wsktls, WAIT).expect("unload");
+    drop(_in);
+    kernel.finish();
+}
+
+#[test]
+fn the_service_parameters_set_the_channel_limit_and_the_inf_holds_the_defaults() {
+    let defaults = wsktls::interface::Defaults::default();
+    let inx = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/inf/wsktls.inx")).expect("the INF");
+    let value = |name: &str| -> u32 {
+        let line = inx.lines().find(|l| l.starts_with(&format!("HKR,Parameters,{name},"))).expect(name);
+        line.rsplit(',').next().and_then(|v| v.trim().parse().ok()).expect("a number")
+    };
+    assert_eq!(value("DefaultConnectTimeoutMs"), defaults.connect_timeout_ms);
+    assert_eq!(value("DefaultHandshakeTimeoutMs"), defaults.handshake_timeout_ms);
+    assert_eq!(value("DefaultDisconnectTimeoutMs"), defaults.disconnect_timeout_ms);
+    assert_eq!(value("MaxChannels"), defaults.max_channels);
+
+    let kernel = Kernel::boot();
+    let _in = kernel.enter();
+    let wsktls = kernel
+        .load_driver("wsktls", wsktls::driver::driver_entry, &[("MaxChannels", 2), ("DefaultConnectTimeoutMs", 0)])
+        .expect("DriverEntry");
+    let device = kernel.add_root_device(&wsktls, "ROOT\\WSKTLS", &inf_sddl()).expect("start");
+    let sample = load_consumer(&kernel);
+    let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
+    let peer = echo_peer();
+    let (first, second) = (open_session(&binding, &peer), open_session(&binding, &peer));
+    let ca = ca();
+    let anchors = [ca.as_slice()];
+    let third = Session::connect(Arc::clone(&binding), &ConnectParams::new(peer.addr(), "localhost", &anchors));
+    assert_eq!(third.err(), Some(STATUS_INSUFFICIENT_RESOURCES), "MaxChannels = 2");
+    assert_eq!(first.close(), STATUS_SUCCESS);
+    let third = open_session(&binding, &peer);
+    echo(&third, 4096);
+    drop((second, third, binding));
+    consumer(&sample).release();
+    kernel.remove_device(&device).expect("removal");
+    kernel.unload_driver(wsktls, WAIT).expect("unload");
+    kernel.unload_driver(sample, WAIT).expect("unload");
     drop(_in);
     kernel.finish();
 }

@@ -263,16 +263,15 @@ pub(crate) struct Table {
 unsafe impl Send for Table {}
 
 impl Table {
-    /// A table of at most `limit` channels (rounded up to whole chunks) whose work items
-    /// run with `device`. Room for its bookkeeping is reserved now: opening a channel
+    /// A table of at most `limit` channels whose work items run with `device`. Room for its bookkeeping is reserved now: opening a channel
     /// later only allocates chunks.
     pub(crate) fn new(
         provider: *const super::provider::Provider,
         device: *mut DEVICE_OBJECT,
         limit: u32,
     ) -> Result<Table, NTSTATUS> {
-        let chunks = (limit.max(1) as usize).div_ceil(CHUNK);
-        let limit = (chunks * CHUNK) as u32;
+        let limit = limit.max(1);
+        let chunks = (limit as usize).div_ceil(CHUNK);
         let mut table = Table {
             provider,
             device,
