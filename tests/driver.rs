@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::peers::test_pki;
 use echo_peer::{Config as PeerConfig, Peer};
-use ntsim::{Caller, Device, Driver, Kernel};
+use ntsim::{Caller, Device, Driver, EnterGuard, Kernel};
 use wsktls::nt::*;
 use wsktls_sample_consumer::{Binding, ConnectParams, Consumer, Session};
 
@@ -76,6 +76,47 @@ fn echo(session: &Session, bytes: usize) {
     assert!(back == data, "echoed bytes differ");
 }
 
+/// A kernel with wsktls loaded and started and the sample bound to it.
+struct Rig {
+    kernel: Kernel,
+    wsktls: Driver,
+    device: Device,
+    sample: Driver,
+    binding: Arc<Binding>,
+    peer: Peer,
+    _in: EnterGuard,
+}
+
+impl Rig {
+    fn new(parameters: &[(&str, u32)]) -> Rig {
+        let kernel = Kernel::boot();
+        let _in = kernel.enter();
+        let wsktls =
+            kernel.load_driver("wsktls", wsktls::driver::driver_entry, parameters).expect("DriverEntry");
+        let device =
+            kernel.add_root_device(&wsktls, "ROOT\\WSKTLS", &inf_sddl()).expect("AddDevice and start");
+        let sample = load_consumer(&kernel);
+        let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
+        Rig { kernel, wsktls, device, sample, binding, peer: echo_peer(), _in }
+    }
+
+    fn session(&self) -> Session {
+        open_session(&self.binding, &self.peer)
+    }
+
+    /// The sample lets go, the device is removed, both drivers unload, and nothing is left.
+    fn finish(self) {
+        let Rig { kernel, wsktls, device, sample, binding, peer: _, _in } = self;
+        drop(binding);
+        consumer(&sample).release();
+        kernel.remove_device(&device).expect("removal once no handle is open");
+        kernel.unload_driver(wsktls, WAIT).expect("wsktls unloads");
+        kernel.unload_driver(sample, WAIT).expect("the sample unloads");
+        drop(_in);
+        kernel.finish();
+    }
+}
+
 #[test]
 fn a_consumer_loaded_first_binds_when_the_interface_arrives_and_echoes() {
     let kernel = Kernel::boot();
@@ -131,28 +172,17 @@ fn a_consumer_loaded_second_finds_the_interface_already_there() {
 
 #[test]
 fn wsktls_refuses_a_query_remove_while_a_channel_is_open() {
-    let kernel = Kernel::boot();
-    let _in = kernel.enter();
-    let (wsktls, device) = load_wsktls(&kernel);
-    let sample = load_consumer(&kernel);
-    let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
-    let peer = echo_peer();
-    let session = open_session(&binding, &peer);
-    assert_eq!(kernel.query_remove_device(&device), STATUS_DEVICE_BUSY, "wsktls's own veto");
+    let rig = Rig::new(&[]);
+    let session = rig.session();
+    assert_eq!(rig.kernel.query_remove_device(&rig.device), STATUS_DEVICE_BUSY, "wsktls's own veto");
     echo(&session, 64 * 1024);
     assert_eq!(session.close(), STATUS_SUCCESS);
-    assert_eq!(kernel.query_remove_device(&device), STATUS_SUCCESS, "no channel open: no veto");
+    assert_eq!(rig.kernel.query_remove_device(&rig.device), STATUS_SUCCESS, "no channel open: no veto");
     // After a cancelled query-remove the device works as before.
-    let session = open_session(&binding, &peer);
+    let session = rig.session();
     echo(&session, 64 * 1024);
     assert_eq!(session.close(), STATUS_SUCCESS);
-    drop(binding);
-    consumer(&sample).release();
-    kernel.remove_device(&device).expect("removal once the channel is closed");
-    kernel.unload_driver(wsktls, WAIT).expect("wsktls unloads");
-    kernel.unload_driver(sample, WAIT).expect("the sample unloads");
-    drop(_in);
-    kernel.finish();
+    rig.finish();
 }
 
 #[test]
@@ -178,7 +208,11 @@ fn surprise_removal_ends_open_channels_and_completes_pending_irps_without_a_leak
     std::thread::scope(|scope| {
         let remover = scope.spawn(|| kernel.surprise_remove_device(&device));
         for r in receivers {
-            assert_eq!(r.join().expect("receiver"), Err(STATUS_FILE_FORCED_CLOSED), "pending receives complete");
+            assert_eq!(
+                r.join().expect("receiver"),
+                Err(STATUS_FILE_FORCED_CLOSED),
+                "pending receives complete"
+            );
         }
         for s in &sessions {
             assert_eq!(s.send(b"late"), Err(STATUS_FILE_FORCED_CLOSED), "a dead channel refuses sends");
@@ -334,19 +368,15 @@ impl Good {
 
 #[test]
 fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
-    let kernel = Kernel::boot();
-    let _in = kernel.enter();
-    let (wsktls, device) = load_wsktls(&kernel);
-    let sample = load_consumer(&kernel);
-    let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
+    let rig = Rig::new(&[]);
+    let (kernel, binding, peer) = (&rig.kernel, &rig.binding, &rig.peer);
     let d = binding.dispatch();
     let (connect, send, receive) = (d.Connect.unwrap(), d.Send.unwrap(), d.Receive.unwrap());
     let (disconnect, close, query) = (d.Disconnect.unwrap(), d.Close.unwrap(), d.Query.unwrap());
     assert_eq!(d.Size as usize, size_of::<WSKTLS_DISPATCH>());
     assert_eq!(d.Version, WSKTLS_VERSION_1_0);
     let provider = binding.provider();
-    let peer = echo_peer();
-    let good = Good::new(&peer);
+    let good = Good::new(peer);
 
     // Connect: each wrong field, one at a time.
     let try_connect = |p: &WSKTLS_CONNECT_PARAMETERS| {
@@ -413,7 +443,7 @@ fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
     assert_eq!(kernel.stats().sockets, 0, "no refused Connect opened a socket");
 
     // A real channel for the per-call checks.
-    let session = open_session(&binding, &peer);
+    let session = open_session(binding, peer);
     let h = session.handle();
     let chain = common::Chain::new(&[4096], 0, 0);
     // SAFETY: the chain's MDLs describe locked pool for the calls.
@@ -475,7 +505,7 @@ fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
     // in the same slot (the free slot is reused at once): the handle's generation refuses
     // them, and the new channel does not see them.
     assert_eq!(session.close(), STATUS_SUCCESS);
-    let other = open_session(&binding, &peer);
+    let other = open_session(binding, peer);
     assert_eq!(other.handle() as usize & !127, h as usize & !127, "the slot is reused");
     // SAFETY: a closed handle is refused, not followed.
     unsafe {
@@ -507,13 +537,7 @@ fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
     }
     drop(other);
     drop(chain);
-    drop(binding);
-    consumer(&sample).release();
-    kernel.remove_device(&device).expect("removal");
-    kernel.unload_driver(wsktls, WAIT).expect("unload");
-    kernel.unload_driver(sample, WAIT).expect("unload");
-    drop(_in);
-    kernel.finish();
+    rig.finish();
 }
 
 /// IOCTL_WSKTLS_GET_PROVIDER sent by hand, with `request` in and `out_len` bytes out.
@@ -617,7 +641,8 @@ fn get_provider_checks_its_request() {
 #[test]
 fn the_service_parameters_set_the_channel_limit_and_the_inf_holds_the_defaults() {
     let defaults = wsktls::interface::Defaults::default();
-    let inx = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/inf/wsktls.inx")).expect("the INF");
+    let inx =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/inf/wsktls.inx")).expect("the INF");
     let value = |name: &str| -> u32 {
         let line = inx.lines().find(|l| l.starts_with(&format!("HKR,Parameters,{name},"))).expect(name);
         line.rsplit(',').next().and_then(|v| v.trim().parse().ok()).expect("a number")
@@ -627,28 +652,18 @@ fn the_service_parameters_set_the_channel_limit_and_the_inf_holds_the_defaults()
     assert_eq!(value("DefaultDisconnectTimeoutMs"), defaults.disconnect_timeout_ms);
     assert_eq!(value("MaxChannels"), defaults.max_channels);
 
-    let kernel = Kernel::boot();
-    let _in = kernel.enter();
-    let wsktls = kernel
-        .load_driver("wsktls", wsktls::driver::driver_entry, &[("MaxChannels", 2), ("DefaultConnectTimeoutMs", 0)])
-        .expect("DriverEntry");
-    let device = kernel.add_root_device(&wsktls, "ROOT\\WSKTLS", &inf_sddl()).expect("start");
-    let sample = load_consumer(&kernel);
-    let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
-    let peer = echo_peer();
-    let (first, second) = (open_session(&binding, &peer), open_session(&binding, &peer));
+    let rig = Rig::new(&[("MaxChannels", 2), ("DefaultConnectTimeoutMs", 0)]);
+    let (first, second) = (rig.session(), rig.session());
     let ca = ca();
     let anchors = [ca.as_slice()];
-    let third = Session::connect(Arc::clone(&binding), &ConnectParams::new(peer.addr(), "localhost", &anchors));
+    let third = Session::connect(
+        Arc::clone(&rig.binding),
+        &ConnectParams::new(rig.peer.addr(), "localhost", &anchors),
+    );
     assert_eq!(third.err(), Some(STATUS_INSUFFICIENT_RESOURCES), "MaxChannels = 2");
     assert_eq!(first.close(), STATUS_SUCCESS);
-    let third = open_session(&binding, &peer);
+    let third = rig.session();
     echo(&third, 4096);
-    drop((second, third, binding));
-    consumer(&sample).release();
-    kernel.remove_device(&device).expect("removal");
-    kernel.unload_driver(wsktls, WAIT).expect("unload");
-    kernel.unload_driver(sample, WAIT).expect("unload");
-    drop(_in);
-    kernel.finish();
+    drop((second, third));
+    rig.finish();
 }

@@ -1,6 +1,8 @@
 //! Socket addresses as ws2def.h / ws2ipdef.h lay them out (ports and addresses in
 //! network byte order).
 
+use core::net::SocketAddr;
+
 pub type ADDRESS_FAMILY = u16;
 pub const AF_INET: ADDRESS_FAMILY = 2;
 pub const AF_INET6: ADDRESS_FAMILY = 23;
@@ -44,4 +46,52 @@ pub struct SOCKADDR_IN6 {
 pub struct SOCKADDR_STORAGE {
     pub ss_family: ADDRESS_FAMILY,
     pub __ss_pad: [u8; 126],
+}
+
+/// A socket address in the layout WSK (and wsktls.h) takes, made from a Rust one.
+pub enum WinAddr {
+    V4(SOCKADDR_IN),
+    V6(SOCKADDR_IN6),
+}
+
+impl WinAddr {
+    pub fn new(addr: SocketAddr) -> WinAddr {
+        match addr {
+            SocketAddr::V4(a) => WinAddr::V4(SOCKADDR_IN {
+                sin_family: AF_INET,
+                sin_port: a.port().to_be(),
+                sin_addr: a.ip().octets(),
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => WinAddr::V6(SOCKADDR_IN6 {
+                sin6_family: AF_INET6,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: a.ip().octets(),
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    /// The wildcard local address of the same family, port 0.
+    pub fn any_like(&self) -> WinAddr {
+        match self {
+            WinAddr::V4(_) => WinAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))),
+            WinAddr::V6(_) => WinAddr::new(SocketAddr::from(([0u16; 8], 0))),
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const SOCKADDR {
+        match self {
+            WinAddr::V4(a) => (a as *const SOCKADDR_IN).cast(),
+            WinAddr::V6(a) => (a as *const SOCKADDR_IN6).cast(),
+        }
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut SOCKADDR {
+        match self {
+            WinAddr::V4(a) => (a as *mut SOCKADDR_IN).cast(),
+            WinAddr::V6(a) => (a as *mut SOCKADDR_IN6).cast(),
+        }
+    }
 }

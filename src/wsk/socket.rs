@@ -13,11 +13,10 @@ use super::TAG_SOCKET;
 use super::irp::{Irp, Outcome};
 use super::span::Span;
 use crate::nt::{
-    AF_INET, AF_INET6, EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection,
-    ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, IPPROTO_TCP, IRP, NTSTATUS, PoolBox,
-    SIO_WSK_QUERY_IDEAL_SEND_BACKLOG, SIZE_T, SOCK_STREAM, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6,
-    STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_UNSUCCESSFUL, WSK_BUF,
-    WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_SOCKET, WskIoctl,
+    EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection, ExReleaseRundownProtection,
+    ExWaitForRundownProtectionRelease, IPPROTO_TCP, IRP, NTSTATUS, PoolBox, SIO_WSK_QUERY_IDEAL_SEND_BACKLOG,
+    SIZE_T, SOCK_STREAM, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_UNSUCCESSFUL,
+    WSK_BUF, WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_SOCKET, WinAddr, WskIoctl,
 };
 
 pub(crate) struct SocketCore {
@@ -42,47 +41,6 @@ pub struct Socket {
 unsafe impl Send for Socket {}
 // SAFETY: as above; shared calls only read the socket pointers.
 unsafe impl Sync for Socket {}
-
-/// A socket address in the layout WskSocketConnect takes.
-enum WinAddr {
-    V4(SOCKADDR_IN),
-    V6(SOCKADDR_IN6),
-}
-
-impl WinAddr {
-    fn new(addr: SocketAddr) -> WinAddr {
-        match addr {
-            SocketAddr::V4(a) => WinAddr::V4(SOCKADDR_IN {
-                sin_family: AF_INET,
-                sin_port: a.port().to_be(),
-                sin_addr: a.ip().octets(),
-                sin_zero: [0; 8],
-            }),
-            SocketAddr::V6(a) => WinAddr::V6(SOCKADDR_IN6 {
-                sin6_family: AF_INET6,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: a.ip().octets(),
-                sin6_scope_id: a.scope_id(),
-            }),
-        }
-    }
-
-    /// The wildcard local address of the same family, port 0.
-    fn any_like(&self) -> WinAddr {
-        match self {
-            WinAddr::V4(_) => WinAddr::new(SocketAddr::from(([0, 0, 0, 0], 0))),
-            WinAddr::V6(_) => WinAddr::new(SocketAddr::from(([0u16; 8], 0))),
-        }
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut SOCKADDR {
-        match self {
-            WinAddr::V4(a) => (a as *mut SOCKADDR_IN).cast(),
-            WinAddr::V6(a) => (a as *mut SOCKADDR_IN6).cast(),
-        }
-    }
-}
 
 impl Socket {
     /// WskSocketConnect with a timeout (PASSIVE_LEVEL). A connect still pending when the

@@ -9,11 +9,10 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use wsktls_nt::{
-    AF_INET, AF_INET6, Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine,
-    NTSTATUS, PVOID, PoolBox, PoolBuffer, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_DEVICE_STATE, STATUS_NOT_SUPPORTED, STATUS_UNSUCCESSFUL, WSK_BUF, WSKTLS_BLOB,
-    WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_COUNTERS, WSKTLS_SESSION_INFO, WSKTLS_VERSION_1_0,
-    WskTlsInfoCounters, WskTlsInfoSession, pool_tag,
+    Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine, NTSTATUS, PVOID,
+    PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_STATE, STATUS_NOT_SUPPORTED,
+    STATUS_UNSUCCESSFUL, WSK_BUF, WSKTLS_BLOB, WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_COUNTERS,
+    WSKTLS_SESSION_INFO, WSKTLS_VERSION_1_0, WinAddr, WskTlsInfoCounters, WskTlsInfoSession, pool_tag,
 };
 
 use crate::binding::{Binding, signal};
@@ -67,39 +66,6 @@ fn blob(bytes: &[u8]) -> WSKTLS_BLOB {
 
 fn blobs(list: &[&[u8]]) -> Vec<WSKTLS_BLOB> {
     list.iter().map(|b| blob(b)).collect()
-}
-
-/// A socket address in the layout wsktls.h takes.
-enum WinAddr {
-    V4(SOCKADDR_IN),
-    V6(SOCKADDR_IN6),
-}
-
-impl WinAddr {
-    fn new(addr: SocketAddr) -> WinAddr {
-        match addr {
-            SocketAddr::V4(a) => WinAddr::V4(SOCKADDR_IN {
-                sin_family: AF_INET,
-                sin_port: a.port().to_be(),
-                sin_addr: a.ip().octets(),
-                sin_zero: [0; 8],
-            }),
-            SocketAddr::V6(a) => WinAddr::V6(SOCKADDR_IN6 {
-                sin6_family: AF_INET6,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: a.ip().octets(),
-                sin6_scope_id: a.scope_id(),
-            }),
-        }
-    }
-
-    fn as_ptr(&self) -> *const SOCKADDR {
-        match self {
-            WinAddr::V4(a) => (a as *const SOCKADDR_IN).cast(),
-            WinAddr::V6(a) => (a as *const SOCKADDR_IN6).cast(),
-        }
-    }
 }
 
 /// One kind of call: its IRP, the event its completion sets, its buffer, and a flag that
