@@ -119,7 +119,7 @@ fn build_staticlib(tools: &Tools, dirs: &Dirs) -> Result<PathBuf, String> {
     let cflags = format!("/GS- /kernel /I{}", include.display());
     let mut cmd = Command::new(&tools.cargo);
     cmd.current_dir(&dirs.root)
-        .args(["rustc", "--package", "wsktls", "--release", "--locked", "--target", TARGET])
+        .args(["rustc", "--package", "wsktls", "--lib", "--release", "--locked", "--target", TARGET])
         .args(["--crate-type", "staticlib"])
         .args(["-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"])
         .args(["--config", "profile.release.panic=\"abort\""])
