@@ -54,6 +54,10 @@ struct State {
     running: Option<usize>,
     stopping: bool,
     next_order: u64,
+    /// PnP operations in progress (a device being added and started): as on Windows,
+    /// where the PnP thread that starts a device is the one that delivers notifications,
+    /// none is delivered until they are done.
+    held: usize,
 }
 
 #[derive(Default)]
@@ -73,7 +77,9 @@ impl Notifications {
     pub(crate) fn run(&self, k: &KernelInner) {
         let mut st = lock(&self.state);
         loop {
-            let Some(job) = st.queue.pop_front() else {
+            let notify_held = st.held > 0 && matches!(st.queue.front(), Some(Job::Notify { .. }));
+            let next = if notify_held && !st.stopping { None } else { st.queue.pop_front() };
+            let Some(job) = next else {
                 if st.stopping {
                     return;
                 }
@@ -99,6 +105,12 @@ impl Notifications {
             st.running = None;
             self.changed.notify_all();
         }
+    }
+
+    /// Holds notifications back until the guard goes (a PnP operation in progress).
+    pub(crate) fn hold(&self) -> Held<'_> {
+        lock(&self.state).held += 1;
+        Held { notifications: self }
     }
 
     pub(crate) fn stop(&self) {
@@ -271,4 +283,16 @@ pub unsafe extern "system" fn IoUnregisterPlugPlayNotificationEx(entry: PVOID) -
         st = wait(&k.notify.changed, st, Duration::from_millis(50));
     }
     STATUS_SUCCESS
+}
+
+/// Notifications held back while this lives.
+pub(crate) struct Held<'a> {
+    notifications: &'a Notifications,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        lock(&self.notifications.state).held -= 1;
+        self.notifications.changed.notify_all();
+    }
 }

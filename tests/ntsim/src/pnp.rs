@@ -178,6 +178,8 @@ impl Kernel {
             eprintln!("ntsim: add_root_device: bad SDDL {sddl:?}: {e}");
             STATUS_INVALID_PARAMETER
         })?;
+        // Arrivals of the interfaces the driver enables at start wait for the start.
+        let _held = k.notify.hold();
         let pdo = create_pdo(k)?;
         let instance = k.pnp.new_instance(hardware_id);
         let record = Pdo { instance, security, state: PdoState::Added };
