@@ -31,10 +31,9 @@ use crate::nt::{
     IoSkipCurrentIrpStackLocation, KEY_READ, KEY_VALUE_PARTIAL_INFORMATION, KernelMode,
     KeyValuePartialInformation, NTSTATUS, PVOID, REG_DWORD, RtlFreeUnicodeString, STATUS_ACCESS_DENIED,
     STATUS_BUFFER_TOO_SMALL, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_MORE_PROCESSING_REQUIRED,
-    STATUS_NO_SUCH_DEVICE, STATUS_PENDING, STATUS_REVISION_MISMATCH, STATUS_SUCCESS, SpinLock, TRUE,
-    UNICODE_STRING, WSKTLS_PROVIDER_NPI, WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0, ZwClose,
-    ZwQueryValueKey,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_PENDING,
+    STATUS_REVISION_MISMATCH, STATUS_SUCCESS, SpinLock, TRUE, UNICODE_STRING, WSKTLS_PROVIDER_NPI,
+    WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0, ZwClose, ZwQueryValueKey, set_event_on_completion,
 };
 
 /// Identifies wsktls's per-driver storage (IoAllocateDriverObjectExtension): its address.
@@ -406,22 +405,12 @@ unsafe fn pass_down_and_wait(device: &Device, irp: *mut IRP) -> NTSTATUS {
         done.initialize();
         IoCopyCurrentIrpStackLocationToNext(irp);
         let context = &done as *const Event as PVOID;
-        IoSetCompletionRoutine(irp, Some(lower_done), context, true, true, true);
+        IoSetCompletionRoutine(irp, Some(set_event_on_completion), context, true, true, true);
         if IoCallDriver(device.lower, irp) == STATUS_PENDING {
             let _ = done.wait(u32::MAX);
         }
         (*irp).IoStatus.status()
     }
-}
-
-unsafe extern "system" fn lower_done(
-    _device: *mut DEVICE_OBJECT,
-    _irp: *mut IRP,
-    context: PVOID,
-) -> NTSTATUS {
-    // SAFETY: the event pass_down_and_wait is waiting on.
-    unsafe { (*context.cast::<Event>()).set() };
-    STATUS_MORE_PROCESSING_REQUIRED
 }
 
 /// IRP_MJ_PNP. PASSIVE_LEVEL.

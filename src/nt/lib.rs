@@ -54,7 +54,7 @@ pub use pnp::*;
 pub use pool::{POOL_ALIGNMENT, PoolBox, PoolBuffer};
 pub use stack::*;
 pub use status::*;
-pub use sync::{Event, Guard, Rundown, SpinLock};
+pub use sync::{Event, Guard, Rundown, SpinLock, set_event_on_completion};
 pub use time::*;
 pub use work::{WorkItem, WorkRoutine};
 pub use wsk::*;

@@ -128,6 +128,22 @@ impl Event {
     }
 }
 
+/// A completion routine that hands the IRP back to its issuer: sets the [`Event`] its
+/// context points at and returns STATUS_MORE_PROCESSING_REQUIRED (the issuer, waiting on
+/// the event, owns the IRP again and frees or reuses it).
+///
+/// # Safety
+/// `context` is an initialised `Event` that stays put until it has been set.
+pub unsafe extern "system" fn set_event_on_completion(
+    _device: *mut crate::DEVICE_OBJECT,
+    _irp: *mut crate::IRP,
+    context: crate::PVOID,
+) -> NTSTATUS {
+    // SAFETY: per the contract.
+    unsafe { (*context.cast::<Event>()).set() };
+    crate::STATUS_MORE_PROCESSING_REQUIRED
+}
+
 impl Default for Event {
     fn default() -> Self {
         Event::new()

@@ -5,12 +5,12 @@ use alloc::vec::Vec;
 use core::ptr::null_mut;
 
 use wsktls_nt::{
-    DEVICE_OBJECT, Event, FALSE, FILE_OBJECT, FILE_READ_DATA, IOCTL_WSKTLS_GET_PROVIDER, IRP,
+    DEVICE_OBJECT, Event, FALSE, FILE_OBJECT, FILE_READ_DATA, IOCTL_WSKTLS_GET_PROVIDER,
     IRP_MJ_INTERNAL_DEVICE_CONTROL, IoAllocateIrp, IoCallDriver, IoFreeIrp, IoGetDeviceObjectPointer,
     IoGetNextIrpStackLocation, IoSetCompletionRoutine, KernelMode, NTSTATUS, ObDereferenceObject, PVOID,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING, STATUS_REVISION_MISMATCH,
-    UNICODE_STRING, WSKTLS_DISPATCH, WSKTLS_PROVIDER, WSKTLS_PROVIDER_NPI, WSKTLS_PROVIDER_REQUEST,
-    WSKTLS_VERSION_1_0,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, STATUS_REVISION_MISMATCH, UNICODE_STRING, WSKTLS_DISPATCH,
+    WSKTLS_PROVIDER, WSKTLS_PROVIDER_NPI, WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0,
+    set_event_on_completion,
 };
 
 pub struct Binding {
@@ -124,7 +124,14 @@ unsafe fn get_provider(
         control.InputBufferLength = size_of::<WSKTLS_PROVIDER_REQUEST>() as u32;
         control.IoControlCode = IOCTL_WSKTLS_GET_PROVIDER;
         control.Type3InputBuffer = &request as *const WSKTLS_PROVIDER_REQUEST as PVOID;
-        IoSetCompletionRoutine(irp, Some(signal), &done as *const Event as PVOID, true, true, true);
+        IoSetCompletionRoutine(
+            irp,
+            Some(set_event_on_completion),
+            &done as *const Event as PVOID,
+            true,
+            true,
+            true,
+        );
         if IoCallDriver(device, irp) == STATUS_PENDING {
             let _ = done.wait(u32::MAX);
         }
@@ -139,15 +146,4 @@ unsafe fn get_provider(
         return Err(STATUS_REVISION_MISMATCH);
     }
     Ok(npi)
-}
-
-/// Completion routine of the sample's IRPs: wake the waiter, keep the IRP.
-pub(crate) unsafe extern "system" fn signal(
-    _device: *mut DEVICE_OBJECT,
-    _irp: *mut IRP,
-    context: PVOID,
-) -> NTSTATUS {
-    // SAFETY: the event the issuer waits on, alive until it has been signalled.
-    unsafe { (*context.cast::<Event>()).set() };
-    STATUS_MORE_PROCESSING_REQUIRED
 }

@@ -13,9 +13,10 @@ use wsktls_nt::{
     PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_STATE, STATUS_NOT_SUPPORTED,
     STATUS_UNSUCCESSFUL, WSK_BUF, WSKTLS_BLOB, WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_COUNTERS,
     WSKTLS_SESSION_INFO, WSKTLS_VERSION_1_0, WinAddr, WskTlsInfoCounters, WskTlsInfoSession, pool_tag,
+    set_event_on_completion,
 };
 
-use crate::binding::{Binding, signal};
+use crate::binding::Binding;
 
 const TAG: u32 = pool_tag(b"WcSm");
 /// Bytes one Send or Receive of the sample moves at most.
@@ -111,7 +112,7 @@ impl Call {
             IoReuseIrp(self.irp, STATUS_UNSUCCESSFUL);
             IoSetCompletionRoutine(
                 self.irp,
-                Some(signal),
+                Some(set_event_on_completion),
                 &self.done as *const Event as PVOID,
                 true,
                 true,
