@@ -28,8 +28,10 @@ fn inf_sddl() -> String {
     line.split('"').nth(1).expect("a quoted SDDL string").to_owned()
 }
 
-fn load_wsktls(kernel: &Kernel) -> (Driver, Device) {
-    let driver = kernel.load_driver("wsktls", wsktls::driver::driver_entry, &[]).expect("wsktls DriverEntry");
+/// wsktls loaded with the service `parameters`, its root device added and started.
+fn load_wsktls(kernel: &Kernel, parameters: &[(&str, u32)]) -> (Driver, Device) {
+    let driver =
+        kernel.load_driver("wsktls", wsktls::driver::driver_entry, parameters).expect("wsktls DriverEntry");
     let device =
         kernel.add_root_device(&driver, "ROOT\\WSKTLS", &inf_sddl()).expect("wsktls AddDevice and start");
     (driver, device)
@@ -91,10 +93,7 @@ impl Rig {
     fn new(parameters: &[(&str, u32)]) -> Rig {
         let kernel = Kernel::boot();
         let _in = kernel.enter();
-        let wsktls =
-            kernel.load_driver("wsktls", wsktls::driver::driver_entry, parameters).expect("DriverEntry");
-        let device =
-            kernel.add_root_device(&wsktls, "ROOT\\WSKTLS", &inf_sddl()).expect("AddDevice and start");
+        let (wsktls, device) = load_wsktls(&kernel, parameters);
         let sample = load_consumer(&kernel);
         let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
         Rig { kernel, wsktls, device, sample, binding, peer: echo_peer(), _in }
@@ -123,10 +122,10 @@ fn a_consumer_loaded_first_binds_when_the_interface_arrives_and_echoes() {
     let _in = kernel.enter();
     let sample = load_consumer(&kernel);
     assert!(consumer(&sample).provider().is_none(), "no wsktls yet");
-    let (wsktls, device) = load_wsktls(&kernel);
+    let (wsktls, device) = load_wsktls(&kernel, &[]);
     let binding = consumer(&sample).wait_for_provider(20_000).expect("bound on arrival");
-    let peer = echo_peer();
-    let session = open_session(&binding, &peer);
+    let rig = Rig { kernel, wsktls, device, sample, binding, peer: echo_peer(), _in };
+    let session = rig.session();
     echo(&session, 1 << 20);
     let info = session.session_info().expect("session info");
     assert_eq!(info.ProtocolVersion, 0x0304);
@@ -137,24 +136,18 @@ fn a_consumer_loaded_first_binds_when_the_interface_arrives_and_echoes() {
     assert_eq!(session.disconnect(), Ok(()));
     assert_eq!(session.close(), STATUS_SUCCESS);
     assert_eq!(
-        kernel.remove_device(&device),
+        rig.kernel.remove_device(&rig.device),
         Err(STATUS_DEVICE_BUSY),
         "the sample's open handle vetoes removal"
     );
-    drop(binding);
-    consumer(&sample).release();
-    kernel.remove_device(&device).expect("removal once no handle is open");
-    kernel.unload_driver(wsktls, WAIT).expect("wsktls unloads");
-    kernel.unload_driver(sample, WAIT).expect("the sample unloads");
-    drop(_in);
-    kernel.finish();
+    rig.finish();
 }
 
 #[test]
 fn a_consumer_loaded_second_finds_the_interface_already_there() {
     let kernel = Kernel::boot();
     let _in = kernel.enter();
-    let (wsktls, device) = load_wsktls(&kernel);
+    let (wsktls, device) = load_wsktls(&kernel, &[]);
     let sample = load_consumer(&kernel);
     let binding = consumer(&sample).wait_for_provider(20_000).expect("bound to the existing interface");
     let peer = echo_peer();
@@ -189,7 +182,7 @@ fn wsktls_refuses_a_query_remove_while_a_channel_is_open() {
 fn surprise_removal_ends_open_channels_and_completes_pending_irps_without_a_leak() {
     let kernel = Kernel::boot();
     let _in = kernel.enter();
-    let (wsktls, device) = load_wsktls(&kernel);
+    let (wsktls, device) = load_wsktls(&kernel, &[]);
     let sample = load_consumer(&kernel);
     let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
     let peer = echo_peer();
@@ -237,7 +230,7 @@ fn surprise_removal_ends_open_channels_and_completes_pending_irps_without_a_leak
 fn user_mode_cannot_open_the_device() {
     let kernel = Kernel::boot();
     let _in = kernel.enter();
-    let (wsktls, device) = load_wsktls(&kernel);
+    let (wsktls, device) = load_wsktls(&kernel, &[]);
     let link = kernel.interfaces(&GUID_DEVINTERFACE_WSKTLS).pop().expect("the interface is enabled");
     let before = kernel.stats().creates_sent;
     assert_eq!(kernel.open_from_user_mode(&link, Caller::User), STATUS_ACCESS_DENIED);
@@ -592,7 +585,7 @@ fn get_provider(
 fn get_provider_checks_its_request() {
     let kernel = Kernel::boot();
     let _in = kernel.enter();
-    let (wsktls, device) = load_wsktls(&kernel);
+    let (wsktls, device) = load_wsktls(&kernel, &[]);
     let size = size_of::<WSKTLS_PROVIDER_NPI>() as u32;
     let good = WSKTLS_PROVIDER_REQUEST {
         Size: size_of::<WSKTLS_PROVIDER_REQUEST>() as u32,
