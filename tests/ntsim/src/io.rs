@@ -16,7 +16,7 @@ use wsktls_nt::{
 
 use crate::faults::{AllocKind, allocation_fails};
 use crate::irql::{current_irql, require_dispatch, set_irql};
-use crate::kernel::{current, lock};
+use crate::kernel::{AddrMap, KernelInner, current, lock};
 use crate::mdl::{Segment, hash_segments};
 use crate::pool::{raw_alloc, raw_free};
 use crate::verifier::{Rule, report};
@@ -43,7 +43,7 @@ struct IrpRecord {
 
 #[derive(Default)]
 pub(crate) struct Irps {
-    live: Mutex<HashMap<usize, IrpRecord>>,
+    live: Mutex<AddrMap<IrpRecord>>,
     /// IofCallDriver calls in progress, by (IRP, stack location): how many (a driver that
     /// skips its location sends on in the same one) and whether the completion walk saw
     /// SL_PENDING_RETURNED there (it clears Control as it passes).
@@ -201,6 +201,9 @@ impl Irps {
 
     /// Remembers the bytes of a send so completion can tell whether they changed.
     pub(crate) fn remember_send(&self, irp: *mut IRP, segments: Vec<Segment>) {
+        if crate::kernel::current().unchecked_send_buffers {
+            return;
+        }
         let h = hash_segments(&segments);
         if let Some(rec) = lock(&self.live).get_mut(&(irp as usize)) {
             rec.send_hash = Some((h, segments));
@@ -316,7 +319,12 @@ pub unsafe extern "system" fn IoReuseIrp(irp: *mut IRP, status: NTSTATUS) {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn IofCompleteRequest(irp: *mut IRP, _boost: CCHAR) {
-    let k = current();
+    // SAFETY: forwarded from the caller.
+    unsafe { complete_request(&current(), irp) }
+}
+
+/// IofCompleteRequest in `k`, the kernel this thread is in.
+unsafe fn complete_request(k: &KernelInner, irp: *mut IRP) {
     require_dispatch("IoCompleteRequest");
     {
         let mut live = lock(&k.irps.live);
@@ -332,7 +340,16 @@ pub unsafe extern "system" fn IofCompleteRequest(irp: *mut IRP, _boost: CCHAR) {
         }
         rec.state = IrpState::Completed;
     }
-    // SAFETY: a live IRP being completed by its current owner.
+    // SAFETY: per the caller.
+    unsafe { walk_completed(irp) };
+}
+
+/// The rest of IofCompleteRequest, once the IRP is recorded as completed.
+///
+/// # Safety
+/// A live IRP being completed by its current owner.
+unsafe fn walk_completed(irp: *mut IRP) {
+    // SAFETY: per the caller.
     unsafe {
         if (*irp).CancelRoutine.is_some() {
             report(
@@ -436,12 +453,17 @@ unsafe fn zero_stack_location(sp: *mut IO_STACK_LOCATION) {
 /// The provider completes a request it took with [`Irps::submit`]: status and
 /// information in the IRP, the in-flight bytes released and checked, then the walk.
 pub(crate) fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) {
-    let k = current();
+    complete_in(&current(), irp, status, information);
+}
+
+/// [`complete`] in `k`, the kernel this thread is in (for a caller that has it already).
+pub(crate) fn complete_in(k: &KernelInner, irp: *mut IRP, status: NTSTATUS, information: usize) {
     let send = {
         let mut live = lock(&k.irps.live);
         match live.get_mut(&(irp as usize)) {
             Some(rec) if rec.state == IrpState::InFlight => {
-                rec.state = IrpState::Fresh; // IofCompleteRequest moves it to Completed
+                // What IofCompleteRequest records, done here under the same lock.
+                rec.state = IrpState::Completed;
                 rec.send_hash.take()
             }
             _ => {
@@ -463,11 +485,12 @@ pub(crate) fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) {
         }
     }
     k.mdls.clear_in_flight(irp);
+    require_dispatch("IoCompleteRequest");
     // SAFETY: the provider owns the in-flight IRP until this call hands it back.
     unsafe {
         IoSetCancelRoutine(irp, None);
         (*irp).IoStatus.set(status, information);
-        IofCompleteRequest(irp, 0);
+        walk_completed(irp);
     }
 }
 

@@ -2,7 +2,10 @@
 //! verifier reports. Threads reach it through a thread-local set by [`Kernel::enter`].
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,10 +25,17 @@ pub struct Config {
     pub seed: Option<u64>,
     /// The faults to inject from the start (they can be changed while running).
     pub faults: Faults,
+    /// Skip the verifier's check that a send's bytes do not change while it is in flight
+    /// (a hash of every byte at submission and again at completion). For benchmarks only:
+    /// the check costs more per byte than the AES-GCM it would be measured against, and
+    /// no real kernel pays it.
+    pub unchecked_send_buffers: bool,
 }
 
 pub(crate) struct KernelInner {
     pub(crate) seed: u64,
+    /// Config::unchecked_send_buffers.
+    pub(crate) unchecked_send_buffers: bool,
     /// When this kernel booted: interrupt time counts from here.
     pub(crate) booted: Instant,
     pub(crate) pool: pool::Pool,
@@ -45,6 +55,9 @@ pub(crate) struct KernelInner {
     pub(crate) notify: notify::Notifications,
     pub(crate) registry: registry::Registry,
     faults: Mutex<Faults>,
+    /// `faults.dispatch_level_completions`, readable without the lock: every inline
+    /// completion asks.
+    inline_at_dispatch: AtomicBool,
     rng: Mutex<Rng>,
     reports: Mutex<Vec<Report>>,
     pub(crate) counters: Counters,
@@ -69,6 +82,8 @@ pub(crate) struct Counters {
     pub(crate) allocations: AtomicU64,
     /// IRP_MJ_CREATEs sent to a driver (opens the security descriptor let through).
     pub(crate) creates_sent: AtomicU64,
+    pub(crate) null_bytes_sent: AtomicU64,
+    pub(crate) null_bytes_received: AtomicU64,
 }
 
 /// What a kernel has seen and still holds.
@@ -113,6 +128,10 @@ pub struct Stats {
     pub interfaces_enabled: usize,
     /// PnP notification registrations alive.
     pub notifications: usize,
+    /// Bytes null-transport sockets completed sends of (each such send also counts in
+    /// `sends_inline`), and bytes their sources filled receives with.
+    pub null_bytes_sent: u64,
+    pub null_bytes_received: u64,
 }
 
 impl KernelInner {
@@ -124,6 +143,17 @@ impl KernelInner {
         lock(&self.faults).clone()
     }
 
+    fn set_faults(&self, faults: Faults) {
+        let mut f = lock(&self.faults);
+        self.inline_at_dispatch.store(faults.dispatch_level_completions, Ordering::Relaxed);
+        *f = faults;
+    }
+
+    /// Whether inline completions run at DISPATCH_LEVEL (`Faults::dispatch_level_completions`).
+    pub(crate) fn inline_completions_at_dispatch(&self) -> bool {
+        self.inline_at_dispatch.load(Ordering::Relaxed)
+    }
+
     /// A fresh generator for one object (a socket, an allocation site), drawn from the
     /// kernel's seeded generator so decisions replay in the same order of creation.
     pub(crate) fn fork_rng(&self) -> Rng {
@@ -132,6 +162,36 @@ impl KernelInner {
 
     pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut Rng) -> R) -> R {
         f(&mut lock(&self.rng))
+    }
+}
+
+/// A map keyed by an address (an IRP's, an MDL's): the verifier looks these up several
+/// times per request, and SipHash's defence against chosen keys buys nothing here.
+pub(crate) type AddrMap<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
+
+/// One folded 128-bit multiply (as foldhash does): aligned addresses spread over both
+/// the low bits (the bucket) and the high bits (the tag) of the hash.
+#[derive(Default)]
+pub(crate) struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let m = u128::from(n ^ self.0) * 0x9E37_79B9_7F4A_7C15;
+        self.0 = (m as u64) ^ (m >> 64) as u64;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -154,6 +214,13 @@ thread_local! {
 /// The kernel this thread has entered, if any.
 pub(crate) fn try_current() -> Option<Arc<KernelInner>> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// `f` with the kernel this thread has entered, if any, borrowed rather than cloned (no
+/// reference count touched: for the checks around every call of a driver routine). `f`
+/// must not enter a kernel, so it must not call driver code.
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&KernelInner>) -> R) -> R {
+    CURRENT.with(|c| f(c.borrow().as_deref()))
 }
 
 /// The kernel this thread has entered.
@@ -219,6 +286,8 @@ impl Kernel {
             interfaces: interface::Interfaces::default(),
             notify: notify::Notifications::default(),
             registry: registry::Registry::default(),
+            inline_at_dispatch: AtomicBool::new(config.faults.dispatch_level_completions),
+            unchecked_send_buffers: config.unchecked_send_buffers,
             faults: Mutex::new(config.faults),
             rng: Mutex::new(Rng::new(seed)),
             reports: Mutex::new(Vec::new()),
@@ -284,7 +353,7 @@ impl Kernel {
 
     /// Changes the faults injected from now on.
     pub fn set_faults(&self, faults: Faults) {
-        *lock(&self.inner.faults) = faults;
+        self.inner.set_faults(faults);
     }
 
     pub fn faults(&self) -> Faults {
@@ -296,6 +365,25 @@ impl Kernel {
     /// but WskCloseSocket.
     pub fn force_close_sockets(&self) {
         self.inner.wsk.force_close_all();
+    }
+
+    /// Turns the connected WSK socket(s) whose remote address is `remote` into null
+    /// transports, for benchmarks of the driver alone: from now on WskSend completes
+    /// inline with every byte and touches none, and WskReceive is filled from `incoming`
+    /// (with None, receives stay pending until the socket closes). The TCP stream is no
+    /// longer read or written (it stays open, whatever its peer does, until the socket
+    /// closes); what was pending on it finishes as the null transport would finish it.
+    /// Sockets switched by one call share `incoming`. Sockets already null, not yet
+    /// connected, or closing are left alone. Returns how many sockets were switched.
+    pub fn set_null_transport(&self, remote: SocketAddr, incoming: Option<crate::NullSource>) -> usize {
+        self.inner.wsk.set_null(remote, incoming)
+    }
+
+    /// Serves the pending receives of the null sockets to `remote` from their source
+    /// again (it has bytes now). The provider thread fills and completes them, at
+    /// DISPATCH_LEVEL, as it completes TCP receives; this call does not wait for that.
+    pub fn null_transport_ready(&self, remote: SocketAddr) {
+        self.inner.wsk.null_ready(remote);
     }
 
     /// The reports recorded so far, removed so that dropping the kernel does not fail.
@@ -331,7 +419,14 @@ impl Kernel {
             creates_sent: c.creates_sent.load(Ordering::Relaxed),
             interfaces_enabled: self.inner.interfaces.enabled_count(),
             notifications: self.inner.notify.count(),
+            null_bytes_sent: c.null_bytes_sent.load(Ordering::Relaxed),
+            null_bytes_received: c.null_bytes_received.load(Ordering::Relaxed),
         }
+    }
+
+    /// Pool in use by the tags that start with `prefix` ("" for all).
+    pub fn pool_usage(&self, prefix: &str) -> crate::pool::PoolUsage {
+        self.inner.pool.usage(prefix)
     }
 
     /// The newest DbgPrintEx messages (at most 256), oldest first, as `(level, text)`;

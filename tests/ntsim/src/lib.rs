@@ -19,6 +19,10 @@
 //! state. The [`verifier`] records what Driver Verifier would bugcheck on; dropping a
 //! kernel with an unexpected report fails the test and prints the fault-injection seed.
 //!
+//! For benchmarks, [`Kernel::set_null_transport`] turns a connected socket into a null
+//! transport once its handshake has run over TCP: sends complete inline without a byte
+//! being touched, receives are filled from a [`NullSource`].
+//!
 //! ntsim never sends traffic anywhere but loopback: a connect to any other address is a
 //! verifier report, not a packet.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -57,6 +61,7 @@ pub use interface::guid_text;
 pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};
 pub use pnp::Device;
+pub use pool::PoolUsage;
 pub use security::Caller;
 pub use verifier::{Report, Rule};
-pub use wsk::{set_abortive, set_receive_buffer};
+pub use wsk::{NullSource, set_abortive, set_receive_buffer};

@@ -2,7 +2,6 @@
 //! lets the verifier catch an MDL or buffer freed, or a send buffer written, while an IRP
 //! carries it.
 
-use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
 use std::sync::Mutex;
@@ -14,7 +13,7 @@ use wsktls_nt::{
 
 use crate::faults::{AllocKind, allocation_fails};
 use crate::irql::require_dispatch;
-use crate::kernel::{current, lock};
+use crate::kernel::{AddrMap, KernelInner, current, lock};
 use crate::pool::{raw_alloc, raw_free};
 use crate::verifier::{Rule, report};
 
@@ -48,9 +47,9 @@ fn header(mdl: usize) -> [usize; 5] {
 #[derive(Default)]
 pub(crate) struct Mdls {
     /// Live MDLs and their allocation sizes.
-    live: Mutex<HashMap<usize, usize>>,
+    live: Mutex<AddrMap<usize>>,
     /// IRP address → what it carries.
-    in_flight: Mutex<HashMap<usize, InFlight>>,
+    in_flight: Mutex<AddrMap<InFlight>>,
     /// MDLs freed while in flight: kept, never reused, so the provider stays safe.
     quarantined: Mutex<Vec<usize>>,
 }
@@ -225,21 +224,47 @@ pub unsafe extern "system" fn MmMapLockedPagesSpecifyCache(
     }
 }
 
+/// One MDL of a chain, as the provider reads it.
+struct Link {
+    flags: i16,
+    count: usize,
+    /// Where its bytes are: the system mapping when there is one.
+    va: usize,
+    next: *mut MDL,
+}
+
+/// # Safety
+/// `mdl` is a live MDL allocated by IoAllocateMdl.
+unsafe fn link(mdl: *mut MDL) -> Link {
+    // SAFETY: per the caller.
+    let m = unsafe { &*mdl };
+    let va = if m.MdlFlags & (MDL_SOURCE_IS_NONPAGED_POOL | MDL_MAPPED_TO_SYSTEM_VA) != 0 {
+        m.MappedSystemVa as usize
+    } else {
+        m.StartVa as usize + m.ByteOffset as usize
+    };
+    Link { flags: m.MdlFlags, count: m.ByteCount as usize, va, next: m.Next }
+}
+
 /// Walks a WSK_BUF's MDL chain as the WSK provider would, checking what Windows would
-/// crash on. Returns the MDLs and the byte runs `Offset..Offset+Length` covers.
-pub(crate) fn describe(buf: &WSK_BUF, what: &str) -> Option<(Vec<usize>, Vec<Segment>)> {
-    let k = current();
-    let mut mdls = Vec::new();
-    let mut segments = Vec::new();
+/// crash on, and calls `each` with every MDL the request covers and the byte run of it
+/// that `Offset..Offset+Length` takes (empty runs are not passed). Allocates nothing.
+/// Returns false, after a report, when the request must fail.
+fn walk(k: &KernelInner, buf: &WSK_BUF, what: &str, mut each: impl FnMut(usize, Option<Segment>)) -> bool {
+    // Locked once for the whole chain, not twice per MDL. Nothing takes these two locks
+    // in the other order (nothing else holds both).
+    let live = lock(&k.mdls.live);
+    let pool = k.pool.blocks();
     let mut need = buf.Length;
     let mut mdl = buf.Mdl;
     let mut skip = buf.Offset as usize;
     if mdl.is_null() {
         report(Rule::BadParameter, format!("{what}: WSK_BUF with a NULL MDL"));
-        return None;
+        return false;
     }
     let mut chain_bytes = 0usize;
-    while need > 0 || mdls.is_empty() {
+    let mut first = true;
+    while need > 0 || first {
         if mdl.is_null() {
             report(
                 Rule::WskBufBeyondChain,
@@ -248,58 +273,87 @@ pub(crate) fn describe(buf: &WSK_BUF, what: &str) -> Option<(Vec<usize>, Vec<Seg
                     buf.Offset, buf.Length
                 ),
             );
-            return None;
+            return false;
         }
-        if !k.mdls.is_live(mdl) {
+        if !live.contains_key(&(mdl as usize)) {
             report(Rule::BadMdl, format!("{what}: {mdl:?} in the chain is not a live MDL"));
-            return None;
+            return false;
         }
         // SAFETY: a live MDL allocated by IoAllocateMdl.
-        let (flags, count, va, next) = unsafe {
-            let m = &*mdl;
-            let va = if m.MdlFlags & (MDL_SOURCE_IS_NONPAGED_POOL | MDL_MAPPED_TO_SYSTEM_VA) != 0 {
-                m.MappedSystemVa as usize
-            } else {
-                m.StartVa as usize + m.ByteOffset as usize
-            };
-            (m.MdlFlags, m.ByteCount as usize, va, m.Next)
-        };
+        let Link { flags, count, va, next } = unsafe { link(mdl) };
         if flags & (MDL_SOURCE_IS_NONPAGED_POOL | MDL_PAGES_LOCKED) == 0 {
             report(
                 Rule::BadMdl,
                 format!("{what}: MDL {mdl:?} is neither built for nonpaged pool nor locked"),
             );
-            return None;
+            return false;
         }
         // wsk.h: "Offset is required to lie entirely within the first MDL in the chain".
-        if mdls.is_empty() && (skip > count || (skip == count && need > 0)) {
+        if first && (skip > count || (skip == count && need > 0)) {
             report(
                 Rule::WskBufBeyondChain,
                 format!("{what}: WSK_BUF Offset {skip} lies outside its first MDL ({count} bytes)"),
             );
-            return None;
+            return false;
         }
         chain_bytes += count;
         let take = (count - skip.min(count)).min(need);
-        if take > 0 {
-            if !k.pool.is_live_nonpaged(va + skip, take) {
-                report(
-                    Rule::BadMdl,
-                    format!("{what}: MDL {mdl:?} describes memory that is no longer live pool"),
-                );
-                return None;
-            }
-            segments.push(Segment { addr: va + skip, len: take });
+        let run = (take > 0).then_some(Segment { addr: va + skip, len: take });
+        if take > 0 && !pool.hold_nonpaged(va + skip, take) {
+            report(Rule::BadMdl, format!("{what}: MDL {mdl:?} describes memory that is no longer live pool"));
+            return false;
         }
-        mdls.push(mdl as usize);
+        each(mdl as usize, run);
+        first = false;
         need -= take;
         skip = 0;
         mdl = next;
-        if need == 0 {
-            break;
-        }
     }
-    Some((mdls, segments))
+    true
+}
+
+/// Walks a WSK_BUF's MDL chain (see `walk`). Returns the MDLs and the byte runs
+/// `Offset..Offset+Length` covers.
+pub(crate) fn describe(k: &KernelInner, buf: &WSK_BUF, what: &str) -> Option<(Vec<usize>, Vec<Segment>)> {
+    let mut mdls = Vec::new();
+    let mut segments = Vec::new();
+    let ok = walk(k, buf, what, |mdl, run| {
+        mdls.push(mdl);
+        segments.extend(run);
+    });
+    ok.then_some((mdls, segments))
+}
+
+/// The checks of `describe`, for a request that completes before returning and so never
+/// has to remember its chain: no allocation.
+pub(crate) fn check(k: &KernelInner, buf: &WSK_BUF, what: &str) -> bool {
+    walk(k, buf, what, |_, _| {})
+}
+
+/// The byte runs of a WSK_BUF that `check` accepted, in order, read again without the
+/// checks.
+///
+/// # Safety
+/// `check` accepted `buf`, and the request is still in progress (its chain unchanged).
+pub(crate) unsafe fn runs(buf: &WSK_BUF) -> impl Iterator<Item = Segment> {
+    let mut mdl = buf.Mdl;
+    let mut skip = buf.Offset as usize;
+    let mut need = buf.Length;
+    std::iter::from_fn(move || {
+        while need > 0 && !mdl.is_null() {
+            // SAFETY: per the caller, every MDL up to the one that ends the request is live.
+            let Link { count, va, next, .. } = unsafe { link(mdl) };
+            let take = (count - skip.min(count)).min(need);
+            let run = Segment { addr: va + skip, len: take };
+            need -= take;
+            skip = 0;
+            mdl = next;
+            if take > 0 {
+                return Some(run);
+            }
+        }
+        None
+    })
 }
 
 /// A fast hash of the bytes segments describe: taken when a send is submitted and again

@@ -4,7 +4,7 @@
 use std::alloc::{Layout, alloc, dealloc};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use wsktls_nt::{
     POOL_FLAG_NON_PAGED, POOL_FLAG_PAGED, POOL_FLAG_RAISE_ON_FAILURE, POOL_FLAG_UNINITIALIZED, POOL_FLAGS,
@@ -52,6 +52,21 @@ fn layout(size: usize) -> Layout {
     Layout::from_size_align(size.max(1), align).expect("pool layout")
 }
 
+/// What a pool allocation costs the real kernel: whole pages from a page up, otherwise
+/// the request rounded to 16 bytes plus the 16-byte POOL_HEADER.
+fn charged(size: usize) -> usize {
+    let page = wsktls_nt::PAGE_SIZE;
+    if size >= page { size.div_ceil(page) * page } else { size.div_ceil(16) * 16 + 16 }
+}
+
+/// Pool in use by some tags: blocks, bytes asked for, and bytes the kernel would charge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub blocks: usize,
+    pub bytes: usize,
+    pub charged: usize,
+}
+
 pub(crate) fn tag_text(tag: u32) -> String {
     tag.to_le_bytes().iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect()
 }
@@ -62,15 +77,42 @@ impl Pool {
         Totals { bytes: s.bytes, blocks: s.live.len(), peak_bytes: s.peak_bytes }
     }
 
+    /// Live blocks whose tag starts with `prefix` (e.g. "Wt" for all of one driver's).
+    pub(crate) fn usage(&self, prefix: &str) -> PoolUsage {
+        let s = lock(&self.state);
+        let mut usage = PoolUsage::default();
+        for b in s.live.values().filter(|b| tag_text(b.tag).starts_with(prefix)) {
+            usage.blocks += 1;
+            usage.bytes += b.size;
+            usage.charged += charged(b.size);
+        }
+        usage
+    }
+
     /// Whether `[start, start+len)` lies inside one live nonpaged block.
     pub(crate) fn is_live_nonpaged(&self, start: usize, len: usize) -> bool {
-        let s = lock(&self.state);
-        match s.live.range(..=start).next_back() {
+        self.blocks().hold_nonpaged(start, len)
+    }
+
+    /// The live blocks, locked, for several questions in a row (an MDL chain's runs).
+    pub(crate) fn blocks(&self) -> LiveBlocks<'_> {
+        LiveBlocks(lock(&self.state))
+    }
+}
+
+pub(crate) struct LiveBlocks<'a>(MutexGuard<'a, PoolState>);
+
+impl LiveBlocks<'_> {
+    /// Whether `[start, start+len)` lies inside one live nonpaged block.
+    pub(crate) fn hold_nonpaged(&self, start: usize, len: usize) -> bool {
+        match self.0.live.range(..=start).next_back() {
             Some((&base, b)) => b.nonpaged && start + len <= base + b.size,
             None => false,
         }
     }
+}
 
+impl Pool {
     pub(crate) fn check_unload(&self) {
         let s = lock(&self.state);
         if s.live.is_empty() {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, ThreadId};
 
 use wsktls_nt::{
@@ -19,7 +19,7 @@ use wsktls_nt::{
 };
 
 use crate::irql::{current_irql, require_dispatch};
-use crate::kernel::{current, lock, try_current};
+use crate::kernel::{current, lock, with_current};
 use crate::verifier::{Rule, report};
 
 /// One active save, and what ntsim wrote into its XSTATE_SAVE.
@@ -35,22 +35,38 @@ struct Active {
 #[derive(Default)]
 pub(crate) struct Saves {
     active: Mutex<HashMap<ThreadId, Vec<Active>>>,
+    /// How many saves are active on all threads, recounted under the lock whenever a
+    /// stack changes: at 0, the checks around every driver routine need no lock. Only a
+    /// thread itself adds to its stack, so when it reads 0 its stack is empty.
+    count: AtomicUsize,
 }
 
 impl Saves {
     fn depth(&self) -> usize {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
         lock(&self.active).get(&thread::current().id()).map_or(0, Vec::len)
+    }
+
+    /// Recounts the active saves; called with `active` locked, after changing it.
+    fn recount(&self, active: &HashMap<ThreadId, Vec<Active>>) {
+        self.count.store(active.values().map(Vec::len).sum(), Ordering::Release);
     }
 
     /// Saves made on this thread since it had `depth` active, and left active: reported,
     /// and forgotten so that each is reported once.
     fn check_returned(&self, depth: usize, what: impl FnOnce() -> String) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut active = lock(&self.active);
         let Some(stack) = active.get_mut(&thread::current().id()) else { return };
         if stack.len() <= depth {
             return;
         }
         let left: Vec<String> = stack.drain(depth..).map(|a| describe(&a)).collect();
+        self.recount(&active);
         drop(active);
         report(
             Rule::ExtendedStateNotRestored,
@@ -59,8 +75,10 @@ impl Saves {
     }
 
     pub(crate) fn check_unload(&self) {
-        let left: Vec<String> =
-            lock(&self.active).drain().flat_map(|(_, s)| s).map(|a| describe(&a)).collect();
+        let mut active = lock(&self.active);
+        let left: Vec<String> = active.drain().flat_map(|(_, s)| s).map(|a| describe(&a)).collect();
+        self.recount(&active);
+        drop(active);
         if !left.is_empty() {
             report(
                 Rule::ExtendedStateNotRestored,
@@ -77,15 +95,17 @@ fn describe(a: &Active) -> String {
 /// How many saves this thread has active (0 outside a kernel): taken before calling into
 /// a driver routine, for [`check_returned`] after it.
 pub(crate) fn depth() -> usize {
-    try_current().map_or(0, |k| k.xstate.depth())
+    with_current(|k| k.map_or(0, |k| k.xstate.depth()))
 }
 
 /// Reports saves that a driver routine (named by `what`) made and did not restore before
 /// returning.
 pub(crate) fn check_returned(depth: usize, what: impl FnOnce() -> String) {
-    if let Some(k) = try_current() {
-        k.xstate.check_returned(depth, what);
-    }
+    with_current(|k| {
+        if let Some(k) = k {
+            k.xstate.check_returned(depth, what);
+        }
+    });
 }
 
 thread_local! {
@@ -128,6 +148,7 @@ pub unsafe extern "system" fn KeSaveExtendedProcessorState(mask: u64, save: *mut
         prev,
         thread_name: me.name().unwrap_or("?").into(),
     });
+    k.xstate.recount(&active);
     drop(active);
     if let Some((outer, outer_irql)) = enclosing.filter(|&(_, outer_irql)| irql < outer_irql) {
         report(
@@ -195,6 +216,7 @@ pub unsafe extern "system" fn KeRestoreExtendedProcessorState(save: *mut XSTATE_
             (elsewhere, Some(problem))
         }
     };
+    k.xstate.recount(&active);
     drop(active);
     if let Some(problem) = problem {
         report(Rule::ExtendedStateMisuse, problem);

@@ -16,30 +16,43 @@ use wsktls_nt::{
     WSK_FLAG_ABORTIVE, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL, WSK_SOCKET, WskIoctl,
 };
 
+use super::null;
 use super::reactor::deliver;
 use super::socket::{
     Op, Phase, Socket, State, read_some, send_buffer_size, set_send_buffer_size, status_of, write_some,
 };
-use crate::io::complete;
+use crate::io::complete_in;
 use crate::irql::{require_dispatch, with_irql};
-use crate::kernel::{current, lock};
+use crate::kernel::{KernelInner, current, lock};
 use crate::mdl::describe;
 use crate::verifier::{Rule, report};
 
 /// Completes a request the provider took, on the caller's thread, and returns its status
 /// (what a WSK function returns when it finishes inline).
 fn finish_inline(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
-    if current().faults().dispatch_level_completions {
-        with_irql(DISPATCH_LEVEL, "an inline WSK completion routine", || complete(irp, status, information));
+    finish_inline_in(&current(), irp, status, information)
+}
+
+/// [`finish_inline`] in `k`, the kernel this thread is in.
+pub(super) fn finish_inline_in(
+    k: &KernelInner,
+    irp: *mut IRP,
+    status: NTSTATUS,
+    information: usize,
+) -> NTSTATUS {
+    if k.inline_completions_at_dispatch() {
+        with_irql(DISPATCH_LEVEL, "an inline WSK completion routine", || {
+            complete_in(k, irp, status, information)
+        });
     } else {
-        complete(irp, status, information);
+        complete_in(k, irp, status, information);
     }
     status
 }
 
 /// Looks the socket up; a pointer that is not a live socket is a verifier report.
-fn live_socket(sock: *mut WSK_SOCKET, what: &str) -> Option<Arc<Socket>> {
-    let s = current().wsk.socket_at(sock);
+fn live_socket(k: &KernelInner, sock: *mut WSK_SOCKET, what: &str) -> Option<Arc<Socket>> {
+    let s = k.wsk.socket_at(sock);
     if s.is_none() {
         report(Rule::SocketUsedAfterClose, format!("{what} on {sock:?}, which is not an open socket"));
     }
@@ -117,7 +130,7 @@ pub(super) unsafe extern "system" fn WskSocketConnect(
         );
         return finish_inline(irp, STATUS_HOST_UNREACHABLE, 0);
     }
-    let socket = Arc::new(Socket::new(k.wsk.new_id(), registration, k.fork_rng()));
+    let socket = Arc::new(Socket::new(k.wsk.new_id(), registration, remote, k.fork_rng()));
     let mut st = lock(&socket.state);
     st.connect = Some(irp as usize);
     let faults = k.faults();
@@ -159,35 +172,73 @@ pub(super) unsafe extern "system" fn WskSocketConnect(
     STATUS_PENDING
 }
 
-/// What WskSend and WskReceive share: the IRQL, the socket, taking the IRP, the flags,
-/// the WSK_BUF's chain and the socket's phase. `body` gets the connected socket's state and
-/// the request, and decides between finishing inline and pending.
+/// A WskSend or WskReceive the provider took: its IRP, the caller's WSK_BUF (read once,
+/// as the provider does) and whether it waits for every byte.
+pub(super) struct Request {
+    pub(super) irp: *mut IRP,
+    pub(super) buf: WSK_BUF,
+    pub(super) waitall: bool,
+    pub(super) what: &'static str,
+}
+
+/// How one direction handles a request: `stream` on a socket that moves bytes over TCP
+/// (given the connected socket's state and the request as an operation, it decides
+/// between finishing inline and pending), `null` on a null transport.
+struct Direction {
+    what: &'static str,
+    allowed_flags: u32,
+    stream: fn(&Socket, std::sync::MutexGuard<'_, State>, Op) -> NTSTATUS,
+    null: fn(&KernelInner, &Socket, &null::Feed, Request) -> NTSTATUS,
+}
+
+const SEND: Direction =
+    Direction { what: "WskSend", allowed_flags: WSK_FLAG_NODELAY, stream: send_body, null: null::send };
+const RECEIVE: Direction = Direction {
+    what: "WskReceive",
+    allowed_flags: WSK_FLAG_WAITALL,
+    stream: receive_body,
+    null: null::receive,
+};
+
+/// What WskSend and WskReceive share: the IRQL, the socket, taking the IRP and the flags;
+/// then the transport the socket uses takes over.
 unsafe fn transfer(
     sock: *mut WSK_SOCKET,
     buf: *mut WSK_BUF,
     flags: u32,
     irp: *mut IRP,
-    what: &str,
-    allowed_flags: u32,
-    body: impl FnOnce(&Socket, std::sync::MutexGuard<'_, State>, Op) -> NTSTATUS,
+    d: &Direction,
 ) -> NTSTATUS {
     let k = current();
+    let what = d.what;
     if !require_dispatch(what) {
         return STATUS_INVALID_PARAMETER;
     }
-    let Some(s) = live_socket(sock, what) else {
+    let Some(s) = live_socket(&k, sock, what) else {
         return STATUS_INVALID_DEVICE_STATE;
     };
     let Some(_call) = s.enter_call(what) else { return STATUS_INVALID_DEVICE_STATE };
     if !k.irps.submit(irp, what) {
         return STATUS_INVALID_PARAMETER;
     }
-    if flags & !allowed_flags != 0 {
+    if flags & !d.allowed_flags != 0 {
         return finish_inline(irp, STATUS_NOT_SUPPORTED, 0);
     }
     // SAFETY: the caller's WSK_BUF, read once here as the provider does.
     let buf = unsafe { *buf };
-    let Some((mdls, segments)) = describe(&buf, what) else {
+    let waitall = flags & WSK_FLAG_WAITALL != 0 && d.allowed_flags & WSK_FLAG_WAITALL != 0;
+    let req = Request { irp, buf, waitall, what };
+    match s.feed() {
+        Some(feed) => (d.null)(&k, &s, feed, req),
+        None => over_tcp(&k, &s, req, d),
+    }
+}
+
+/// The TCP half of `transfer`: the WSK_BUF's chain, the socket's phase, the in-flight
+/// tracking; then `d.stream`.
+fn over_tcp(k: &KernelInner, s: &Socket, req: Request, d: &Direction) -> NTSTATUS {
+    let irp = req.irp;
+    let Some((mdls, segments)) = describe(k, &req.buf, req.what) else {
         return finish_inline(irp, STATUS_INVALID_PARAMETER, 0);
     };
     let st = lock(&s.state);
@@ -196,10 +247,21 @@ unsafe fn transfer(
         Phase::Connecting => return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE),
         Phase::Connected => {}
     }
+    if let Some(feed) = s.feed() {
+        // The socket became a null transport since `transfer` looked.
+        drop(st);
+        return (d.null)(k, s, feed, req);
+    }
     k.mdls.mark_in_flight(irp, mdls, segments.clone());
-    let waitall = flags & WSK_FLAG_WAITALL != 0 && allowed_flags & WSK_FLAG_WAITALL != 0;
-    let op = Op { irp: irp as usize, segments, done: 0, total: buf.Length, waitall, complete_at: None };
-    body(&s, st, op)
+    let op = Op {
+        irp: irp as usize,
+        segments,
+        done: 0,
+        total: req.buf.Length,
+        waitall: req.waitall,
+        complete_at: None,
+    };
+    (d.stream)(s, st, op)
 }
 
 pub(super) unsafe extern "system" fn WskSend(
@@ -209,7 +271,7 @@ pub(super) unsafe extern "system" fn WskSend(
     irp: *mut IRP,
 ) -> NTSTATUS {
     // SAFETY: forwarded from the caller.
-    unsafe { transfer(sock, buf, flags, irp, "WskSend", WSK_FLAG_NODELAY, send_body) }
+    unsafe { transfer(sock, buf, flags, irp, &SEND) }
 }
 
 fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -> NTSTATUS {
@@ -276,7 +338,7 @@ fn deliver_inline(done: Vec<super::socket::Completion>) {
 /// while the caller still holds the socket's state lock (so the cancel routine, which
 /// takes that lock, finds the request queued). Returns false when the IRP was cancelled
 /// before it became cancellable: the caller completes it with STATUS_CANCELLED instead.
-unsafe fn make_pending(irp: *mut IRP) -> bool {
+pub(super) unsafe fn make_pending(irp: *mut IRP) -> bool {
     // SAFETY: the provider owns the IRP between taking it and completing it.
     unsafe {
         IoMarkIrpPending(irp);
@@ -335,7 +397,7 @@ pub(super) unsafe extern "system" fn WskReceive(
     irp: *mut IRP,
 ) -> NTSTATUS {
     // SAFETY: forwarded from the caller.
-    unsafe { transfer(sock, buf, flags, irp, "WskReceive", WSK_FLAG_WAITALL, receive_body) }
+    unsafe { transfer(sock, buf, flags, irp, &RECEIVE) }
 }
 
 fn receive_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -> NTSTATUS {
@@ -389,7 +451,7 @@ pub(super) unsafe extern "system" fn WskDisconnect(
     if !require_dispatch("WskDisconnect") {
         return STATUS_INVALID_PARAMETER;
     }
-    let Some(s) = live_socket(sock, "WskDisconnect") else {
+    let Some(s) = live_socket(&k, sock, "WskDisconnect") else {
         return STATUS_INVALID_DEVICE_STATE;
     };
     let Some(_call) = s.enter_call("WskDisconnect") else { return STATUS_INVALID_DEVICE_STATE };
@@ -418,6 +480,11 @@ pub(super) unsafe extern "system" fn WskDisconnect(
         deliver_inline(done);
         return finish_inline(irp, STATUS_SUCCESS, 0);
     }
+    if s.feed().is_some() {
+        // A null transport has no send in flight to wait for: the FIN is "sent" at once.
+        st.write_shut = true;
+        return finish_inline_unlocked(st, irp, STATUS_SUCCESS);
+    }
     // SAFETY: the provider owns the IRP, and still holds the state lock.
     if !unsafe { make_pending(irp) } {
         return finish_inline_unlocked(st, irp, STATUS_CANCELLED);
@@ -444,7 +511,7 @@ pub(super) unsafe extern "system" fn WskControlSocket(
     if !require_dispatch("WskControlSocket") {
         return STATUS_INVALID_PARAMETER;
     }
-    let Some(s) = live_socket(sock, "WskControlSocket") else {
+    let Some(s) = live_socket(&k, sock, "WskControlSocket") else {
         return STATUS_INVALID_DEVICE_STATE;
     };
     let Some(_call) = s.enter_call("WskControlSocket") else { return STATUS_INVALID_DEVICE_STATE };
@@ -478,7 +545,7 @@ pub(super) unsafe extern "system" fn WskCloseSocket(sock: *mut WSK_SOCKET, irp: 
     if !require_dispatch("WskCloseSocket") {
         return STATUS_INVALID_PARAMETER;
     }
-    let Some(s) = live_socket(sock, "WskCloseSocket") else {
+    let Some(s) = live_socket(&k, sock, "WskCloseSocket") else {
         return STATUS_INVALID_DEVICE_STATE;
     };
     if s.closing.swap(true, Ordering::SeqCst) {

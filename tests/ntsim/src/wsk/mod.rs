@@ -1,9 +1,11 @@
 //! The WSK provider: registration and NPI capture, the provider and connection dispatch
 //! tables, and the socket registry. Sockets move real bytes over loopback TCP; their I/O
 //! is driven by one provider thread (`reactor`), which completes requests at
-//! DISPATCH_LEVEL.
+//! DISPATCH_LEVEL. A test can turn a connected socket into a null transport (`null`),
+//! for benchmarks of the driver alone.
 
 mod entry;
+mod null;
 mod reactor;
 mod socket;
 
@@ -23,6 +25,7 @@ use wsktls_nt::{
 use crate::irql::{require_dispatch, require_passive};
 use crate::kernel::{current, lock};
 use crate::verifier::{Rule, report};
+pub use null::NullSource;
 pub(crate) use reactor::Reactor;
 use socket::Socket;
 pub use socket::{set_abortive, set_receive_buffer};

@@ -75,10 +75,14 @@ fn due_timers(p: &Provider, ids: &mut Vec<u64>) {
     }
 }
 
-/// Drives one socket and delivers what completed.
+/// Drives one socket and delivers what completed. A null socket's feed is locked first,
+/// before the state, as a null receive locks them.
 pub(super) fn step(k: &KernelInner, id: u64) {
     let Some(s) = k.wsk.socket(id) else { return };
-    let (done, finished) = drive(k, &s, &Again(&k.wsk, id));
+    let feed = s.feed().cloned();
+    let mut source = feed.as_deref().map(lock);
+    let (done, finished) = drive(k, &s, &Again(&k.wsk, id), source.as_deref_mut());
+    drop(source);
     if finished {
         k.wsk.remove_socket(&s);
     }

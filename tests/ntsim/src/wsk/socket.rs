@@ -8,10 +8,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wsktls_nt::{
@@ -21,6 +21,7 @@ use wsktls_nt::{
 };
 
 use super::CONNECTION_DISPATCH;
+use super::null::{self, Feed, NullSource};
 use crate::kernel::{KernelInner, lock};
 use crate::mdl::Segment;
 use crate::rng::Rng;
@@ -67,6 +68,11 @@ pub(crate) struct Socket {
     wsk: WSK_SOCKET,
     pub(super) id: u64,
     pub(super) registration: u64,
+    /// The address WskSocketConnect connected to: how a test names the socket.
+    pub(super) remote: SocketAddr,
+    /// Set once, under the state lock, when the socket becomes a null transport; never
+    /// cleared (a null socket does not go back to TCP).
+    feed: OnceLock<Arc<Feed>>,
     /// Provider calls on this socket in progress (WskCloseSocket must see none but itself).
     pub(super) calls: AtomicU32,
     /// Set by WskCloseSocket; no call may start after it.
@@ -82,7 +88,7 @@ unsafe impl Send for Socket {}
 unsafe impl Sync for Socket {}
 
 impl Socket {
-    pub(super) fn new(id: u64, registration: u64, rng: Rng) -> Socket {
+    pub(super) fn new(id: u64, registration: u64, remote: SocketAddr, rng: Rng) -> Socket {
         Socket {
             wsk: WSK_SOCKET {
                 Dispatch: (&CONNECTION_DISPATCH.0 as *const wsktls_nt::WSK_PROVIDER_CONNECTION_DISPATCH)
@@ -90,6 +96,8 @@ impl Socket {
             },
             id,
             registration,
+            remote,
+            feed: OnceLock::new(),
             calls: AtomicU32::new(0),
             closing: AtomicBool::new(false),
             forced_close: AtomicBool::new(false),
@@ -111,6 +119,19 @@ impl Socket {
 
     pub(crate) fn wsk_ptr(&self) -> *mut WSK_SOCKET {
         &self.wsk as *const WSK_SOCKET as *mut WSK_SOCKET
+    }
+
+    /// The source of a null transport's incoming bytes; None while the socket uses TCP.
+    /// Read under the state lock it is final for that critical section: the switch sets it
+    /// under that lock.
+    pub(super) fn feed(&self) -> Option<&Arc<Feed>> {
+        self.feed.get()
+    }
+
+    /// Makes the socket a null transport fed by `feed`; false if it already is one.
+    /// The caller holds the state lock.
+    pub(super) fn set_feed(&self, feed: &Arc<Feed>) -> bool {
+        self.feed.set(Arc::clone(feed)).is_ok()
     }
 
     pub(super) fn request_forced_close(&self) {
@@ -310,8 +331,15 @@ pub(super) trait Wake {
 }
 
 /// One step of the provider for one socket: connect, sends, disconnect, receives, then
-/// forced close and close. Returns the completions to deliver.
-pub(super) fn drive(k: &KernelInner, s: &Socket, wake: &impl Wake) -> (Vec<Completion>, bool) {
+/// forced close and close. A null socket's TCP stream is left alone: its requests are
+/// served from `source`, the socket's feed, which the caller locked before the state (the
+/// lock order of null receives). Returns the completions to deliver.
+pub(super) fn drive(
+    k: &KernelInner,
+    s: &Socket,
+    wake: &impl Wake,
+    source: Option<&mut Option<NullSource>>,
+) -> (Vec<Completion>, bool) {
     let mut done = Vec::new();
     let mut st = lock(&s.state);
     let now = Instant::now();
@@ -327,6 +355,13 @@ pub(super) fn drive(k: &KernelInner, s: &Socket, wake: &impl Wake) -> (Vec<Compl
         Phase::Connecting => {
             if let Some(failed) = check_connect(&mut st, s, &mut done) {
                 return (done, failed);
+            }
+        }
+        Phase::Connected if s.feed().is_some() => {
+            // Without the feed locked (the switch came after the caller looked), the
+            // switch's own poke serves the socket next.
+            if let Some(source) = source {
+                null::pump(k, &mut st, source, &mut done);
             }
         }
         Phase::Connected => {
