@@ -20,6 +20,7 @@ use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED,
     STATUS_INVALID_DEVICE_STATE, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL,
 };
+use wsktls::wsk::PREFILLED;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -316,6 +317,30 @@ fn once_open_the_data_path_allocates_no_pool_irp_or_mdl() {
         let during = kernel.stats().allocations - before;
         assert_eq!(during, 0, "{during} allocations while 16 MiB went out and came back");
         channel.close();
+        stream.drain_statuses(STALL).expect("close completes the posted receives");
+    }
+    kernel.finish();
+}
+
+#[test]
+fn send_buffers_are_borrowed_from_the_client_while_in_flight_and_an_idle_channel_holds_none() {
+    let kernel = Kernel::boot();
+    let echo = peer(Mode::Echo);
+    {
+        let _in = kernel.enter();
+        let client = client();
+        assert_eq!(client.cached_send_buffers(), PREFILLED);
+        let channels: Vec<Channel> = (0..3)
+            .map(|_| Channel::connect(&client, &channel_config(echo.addr(), "localhost")).expect("connect"))
+            .collect();
+        assert_eq!(client.cached_send_buffers(), PREFILLED, "open channels borrow nothing until they send");
+        let mut stream = Stream::new(8 * MIB, ECHO);
+        stream.run(&channels[0], STALL).expect("echo");
+        // Every send completed, so every buffer is back, for the next channel to use.
+        assert_eq!(client.cached_send_buffers(), PREFILLED, "the idle channel gave its buffers back");
+        for c in channels {
+            c.close();
+        }
         stream.drain_statuses(STALL).expect("close completes the posted receives");
     }
     kernel.finish();

@@ -2,10 +2,9 @@
 //! blocking sends and receives bounded by the handshake deadline, then set up the record
 //! layer's buffers and start receiving.
 
-use alloc::vec::Vec;
 use core::sync::atomic::AtomicPtr;
 
-use super::config::ChannelConfig;
+use super::config::{ChannelConfig, MIN_RECEIVE_BUFFER};
 use super::receive::Rx;
 use super::send::{SEND_SLOTS, Tx};
 use super::status::status_of;
@@ -13,16 +12,15 @@ use super::{Channel, ReceiveDone, SendDone, Shared};
 use crate::log;
 use crate::log::Level;
 use crate::nt::{
-    Event, NTSTATUS, PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
-    STATUS_IO_TIMEOUT, SpinLock, interrupt_time_100ns, pool_tag, with_expanded_stack,
+    Event, NTSTATUS, PoolBox, PoolBuffer, STATUS_INVALID_PARAMETER, STATUS_IO_TIMEOUT, SpinLock,
+    interrupt_time_100ns, pool_tag, with_expanded_stack,
 };
 use crate::platform::PLATFORM;
-use crate::tls::record::{MAX_RECORD, OVERHEAD};
+use crate::tls::record::MAX_RECORD;
 use crate::tls::{Established, HandshakeError, Transport, handshake};
-use crate::wsk::{Request, Socket, Span, WskClient};
+use crate::wsk::{BufferLease, Request, Socket, Span, WskClient};
 
 const TAG_CHANNEL: u32 = pool_tag(b"WtCh");
-const TAG_RECORD: u32 = pool_tag(b"WtTx");
 const TAG_RECEIVE: u32 = pool_tag(b"WtRx");
 const TAG_HANDSHAKE: u32 = pool_tag(b"WtHs");
 
@@ -57,7 +55,7 @@ impl Channel {
             return Err(STATUS_INVALID_PARAMETER);
         }
         let setup = config.tls.client_setup(&PLATFORM).map_err(status_of)?;
-        let receive_buffer = PoolBuffer::new(config.receive_buffer.max(2 * MAX_RECORD), TAG_RECEIVE)?;
+        let receive_buffer = PoolBuffer::new(config.receive_buffer.max(MIN_RECEIVE_BUFFER), TAG_RECEIVE)?;
         // Connecting.
         let socket = client.connect(config.remote, config.connect_timeout_ms)?;
         // Handshaking.
@@ -80,7 +78,7 @@ impl Channel {
             HandshakeError::Tls(e) => status_of(e),
         })?;
         let budget = config.budget(socket.ideal_send_backlog().ok());
-        Self::open(socket, established, receive_buffer, config, budget)
+        Self::open(socket, established, receive_buffer, client.lease_buffers()?, config, budget)
     }
 
     /// Builds the open channel around a finished handshake and starts receiving.
@@ -88,16 +86,11 @@ impl Channel {
         socket: Socket,
         e: Established,
         receive_buffer: PoolBuffer,
+        lease: BufferLease,
         config: &ChannelConfig,
         budget: usize,
     ) -> Result<Channel, NTSTATUS> {
-        let record_len = config.record_size + OVERHEAD;
-        let count = (budget / record_len).max(2);
-        let mut records = Vec::new();
-        records.try_reserve_exact(count).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        for _ in 0..count {
-            records.push(PoolBuffer::new(record_len, TAG_RECORD)?);
-        }
+        let tx = Tx::new(e.sealer, config.record_size, budget, lease)?;
         let sends = [0, 1, 2, 3].map(|slot| Request::new(SendDone { owner: AtomicPtr::default(), slot }));
         let [s0, s1, s2, s3] = sends;
         let sends: [Request<SendDone>; SEND_SLOTS] = [s0?, s1?, s2?, s3?];
@@ -106,7 +99,7 @@ impl Channel {
         let shared = Shared {
             socket,
             failure: Default::default(),
-            tx: SpinLock::new(Tx::new(e.sealer, config.record_size, budget, records)),
+            tx: SpinLock::new(tx),
             rx: SpinLock::new(rx),
             keys: SpinLock::new(e.kernel),
             sends,

@@ -1,19 +1,35 @@
-//! The send pipeline: consumer bytes → records sealed in place in the channel's own
-//! nonpaged buffers → one MDL chain per WskSend, never more sealed bytes in flight than
-//! the budget. A consumer's send completes when its last byte is on the wire.
+//! The send pipeline: consumer bytes → records sealed in place in nonpaged send buffers
+//! borrowed from the WSK client's cache → one MDL chain per WskSend, never more sealed
+//! bytes in flight than the budget. Records are packed back to back in a buffer; each
+//! WskSend starts a fresh one, so a send's buffers go back to the cache when it
+//! completes. An idle channel holds no send buffer. A consumer's send completes when its
+//! last byte is on the wire.
 
 use alloc::vec::Vec;
 
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
-use wsktls_crypto::{Platform, TrafficKey};
+use wsktls_crypto::{Platform, TrafficKey, wipe};
 
+use super::config::MAX_SEND_BUDGET;
 use super::pump::Pump;
 use crate::interface::{Completions, ConsumerRequest, RequestQueue};
-use crate::nt::{NTSTATUS, PoolBuffer, STATUS_SUCCESS, SpinLock};
-use crate::tls::record::{ContentType, HEADER_LEN, OVERHEAD, Sealer};
+use crate::nt::{NTSTATUS, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, SpinLock};
+use crate::tls::record::{ContentType, HEADER_LEN, MAX_FRAGMENT, OVERHEAD, Sealer};
 use crate::tls::{TlsError, alert, key_update};
-use crate::wsk::Span;
+use crate::wsk::{BufferLease, PREFILLED, SEND_BUFFER_LEN, Span};
+
+// A full record must fit in one send buffer, and the cache's first buffers must cover a
+// channel at the largest budget with full records (see `Tx::new`'s places).
+const _: () = assert!(MAX_FRAGMENT + OVERHEAD <= SEND_BUFFER_LEN);
+const _: () = assert!(places(MAX_SEND_BUDGET, MAX_FRAGMENT) <= PREFILLED);
+
+/// Places for the buffers of a channel with `budget` bytes in flight in records of
+/// `record_size`: a budget of full records, one per buffer, and each send's last, partly
+/// filled buffer. A mix of sizes that needs more waits for completions.
+const fn places(budget: usize, record_size: usize) -> usize {
+    budget / (record_size + OVERHEAD) + SEND_SLOTS + 1
+}
 
 /// Plaintext bytes of the control records we send.
 const KEY_UPDATE_LEN: usize = 5;
@@ -29,11 +45,11 @@ enum SlotState {
     Done { status: NTSTATUS, bytes: usize },
 }
 
-/// One WskSend: a run of consecutive records.
+/// One WskSend: a run of consecutive records in `buffers` send buffers.
 #[derive(Clone, Copy)]
 struct Slot {
     state: SlotState,
-    records: usize,
+    buffers: usize,
     wire: usize,
     /// Stream position (plaintext bytes) once this send is on the wire.
     acked_after: u64,
@@ -41,7 +57,7 @@ struct Slot {
     close_notify: bool,
 }
 
-const IDLE: Slot = Slot { state: SlotState::Idle, records: 0, wire: 0, acked_after: 0, close_notify: false };
+const IDLE: Slot = Slot { state: SlotState::Idle, buffers: 0, wire: 0, acked_after: 0, close_notify: false };
 
 /// Where our close_notify is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -76,10 +92,10 @@ pub(crate) struct Tx {
     sealer: Sealer,
     record_size: usize,
     budget: usize,
-    /// The record buffers, used strictly in ring order.
-    records: Vec<PoolBuffer>,
-    first_in_flight: usize,
-    records_in_flight: usize,
+    /// Where send buffers come from and go back to.
+    lease: BufferLease,
+    /// The send buffers of the sends in flight, oldest first.
+    held: Held,
     slots: [Slot; SEND_SLOTS],
     /// Next slot to issue and oldest slot not yet retired (issue order).
     next_slot: usize,
@@ -103,14 +119,20 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
-    pub(crate) fn new(sealer: Sealer, record_size: usize, budget: usize, records: Vec<PoolBuffer>) -> Tx {
-        Tx {
+    /// A send side for `budget` bytes in flight. Allocates only its ring of buffer
+    /// places; buffers are borrowed from `lease` as records are sealed.
+    pub(crate) fn new(
+        sealer: Sealer,
+        record_size: usize,
+        budget: usize,
+        lease: BufferLease,
+    ) -> Result<Tx, NTSTATUS> {
+        Ok(Tx {
             sealer,
             record_size,
             budget,
-            records,
-            first_in_flight: 0,
-            records_in_flight: 0,
+            lease,
+            held: Held::new(places(budget, record_size))?,
             slots: [IDLE; SEND_SLOTS],
             next_slot: 0,
             oldest_slot: 0,
@@ -125,7 +147,7 @@ impl Tx {
             alert: None,
             pump: Pump::default(),
             stats: SendStats { budget, ..SendStats::default() },
-        }
+        })
     }
 
     pub(crate) fn stats(&self) -> SendStats {
@@ -182,8 +204,11 @@ impl Tx {
             let slot = self.slots[self.oldest_slot];
             self.slots[self.oldest_slot] = IDLE;
             self.oldest_slot = (self.oldest_slot + 1) % SEND_SLOTS;
-            self.first_in_flight = (self.first_in_flight + slot.records) % self.records.len();
-            self.records_in_flight -= slot.records;
+            for _ in 0..slot.buffers {
+                if let Some(buffer) = self.held.pop_front() {
+                    self.lease.give(buffer);
+                }
+            }
             self.in_flight_bytes -= slot.wire;
             if !status.is_success() {
                 return Err(status);
@@ -240,7 +265,7 @@ impl Tx {
             return Pass::default();
         }
         match platform.with_vector_state(|| self.seal_batch(keys)) {
-            Ok((batch, error)) => Pass { batch, failure: error.map(Failure::Tls) },
+            Ok((batch, failure)) => Pass { batch, failure },
             Err(_) => Pass { batch: None, failure: Some(Failure::Tls(TlsError::Internal)) },
         }
     }
@@ -254,6 +279,7 @@ impl Tx {
         pending
             && self.slot_free()
             && !matches!(self.close_notify, CloseNotify::Sealed | CloseNotify::Sent)
+            && self.held.has_room()
             && self.room_for(OVERHEAD)
     }
 
@@ -261,21 +287,22 @@ impl Tx {
         self.slots[self.next_slot].state == SlotState::Idle
     }
 
-    /// Whether a record of `wire` bytes may be sealed now.
+    /// Whether the budget allows a record of `wire` bytes now.
     fn room_for(&self, wire: usize) -> bool {
-        self.records_in_flight < self.records.len() && self.in_flight_bytes + wire <= self.budget
+        self.in_flight_bytes + wire <= self.budget
     }
 
-    /// Seals records into one batch. A failure part-way still returns the records sealed
-    /// before it, so what goes on the wire matches the sequence numbers used (the alert
-    /// that follows must be readable).
+    /// Seals records into one batch, packed into send buffers taken as they fill. A
+    /// failure part-way still returns the records sealed before it, so what goes on the
+    /// wire matches the sequence numbers used (the alert that follows must be readable).
     fn seal_batch(
         &mut self,
         keys: &SpinLock<KernelConnection<ClientConnectionData>>,
-    ) -> (Option<Batch>, Option<TlsError>) {
-        let start = (self.first_in_flight + self.records_in_flight) % self.records.len();
+    ) -> (Option<Batch>, Option<Failure>) {
         let limit = self.batch_limit();
         let (mut count, mut wire, mut nodelay) = (0, 0, false);
+        // Send buffers this batch took, and bytes used in the last of them.
+        let (mut buffers, mut used) = (0, 0);
         let mut close_notify = false;
         let mut error = None;
         loop {
@@ -294,13 +321,23 @@ impl Tx {
             if !more {
                 break;
             }
-            let index = (start + count) % self.records.len();
+            if buffers == 0 || used + len + OVERHEAD > SEND_BUFFER_LEN {
+                if !self.take_buffer(buffers > 0) {
+                    // Out of memory: wait for a completion to give buffers back; with
+                    // nothing in flight none will, so the channel fails.
+                    if count == 0 && self.in_flight_bytes == 0 {
+                        error = Some(Failure::Transport(STATUS_INSUFFICIENT_RESOURCES));
+                    }
+                    break;
+                }
+                (buffers, used) = (buffers + 1, 0);
+            }
             let sealed = if need_key_update {
-                self.seal_control(index, ContentType::Handshake, &key_update(false))
+                self.seal_control(used, ContentType::Handshake, &key_update(false))
             } else if send_close_notify {
-                self.seal_control(index, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
+                self.seal_control(used, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
             } else {
-                self.seal_data(index, len).map(|(n, asked)| {
+                self.seal_data(used, len).map(|(n, asked)| {
                     nodelay |= asked;
                     n
                 })
@@ -308,16 +345,16 @@ impl Tx {
             let n = match sealed {
                 Ok(n) => n,
                 Err(e) => {
-                    error = Some(e);
+                    error = Some(Failure::Tls(e));
                     break;
                 }
             };
             // Sealed: the record goes out whatever happens next, so the wire keeps pace
             // with the sequence number.
-            self.link(start, count, n);
+            used += n;
+            self.held.set_last_len(used);
             count += 1;
             wire += n;
-            self.records_in_flight += 1;
             self.in_flight_bytes += n;
             if send_close_notify {
                 close_notify = true;
@@ -326,34 +363,52 @@ impl Tx {
             }
             if need_key_update {
                 if let Err(e) = self.rekey(keys) {
-                    error = Some(e);
+                    error = Some(Failure::Tls(e));
                     break;
                 }
             }
         }
-        (self.issue(start, count, wire, nodelay, close_notify), error)
+        (self.issue(buffers, wire, nodelay, close_notify), error)
     }
 
-    /// Takes the next slot for the `count` records from `start`: the batch to send.
-    fn issue(
-        &mut self,
-        start: usize,
-        count: usize,
-        wire: usize,
-        nodelay: bool,
-        close_notify: bool,
-    ) -> Option<Batch> {
-        if count == 0 {
+    /// Borrows a send buffer for the batch being built, chained after its last one when
+    /// `chain`. `false` when the ring of places is full or no buffer can be had.
+    fn take_buffer(&mut self, chain: bool) -> bool {
+        if !self.held.has_room() {
+            return false;
+        }
+        let Some(buffer) = self.lease.take() else {
+            return false;
+        };
+        if chain {
+            // SAFETY: the batch being built is in no request yet.
+            unsafe { self.held.chain_to_last(&buffer) };
+        }
+        self.held.push(buffer);
+        true
+    }
+
+    /// Takes the next slot for the batch in the last `buffers` held buffers, `wire` bytes
+    /// of records: the batch to send.
+    fn issue(&mut self, buffers: usize, wire: usize, nodelay: bool, close_notify: bool) -> Option<Batch> {
+        if wire == 0 {
+            // A buffer taken for a record that then failed to seal goes straight back.
+            for _ in 0..buffers {
+                if let Some(b) = self.held.pop_back() {
+                    self.lease.give(b);
+                }
+            }
             return None;
         }
         self.stats.peak_in_flight_bytes = self.stats.peak_in_flight_bytes.max(self.in_flight_bytes);
         let slot = self.next_slot;
         self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
         self.slots[slot] =
-            Slot { state: SlotState::InFlight, records: count, wire, acked_after: self.sealed, close_notify };
-        // SAFETY: `link` chained the `count` records from `start`, each MDL sized to its
-        // record, and `wire` is the sum of those sizes.
-        let span = unsafe { Span::chain(&self.records[start], wire) };
+            Slot { state: SlotState::InFlight, buffers, wire, acked_after: self.sealed, close_notify };
+        let first = self.held.nth_back(buffers)?;
+        // SAFETY: the batch's buffers are chained in order from `first` (take_buffer), each
+        // MDL sized to the records in it (set_last_len), and `wire` is their sum.
+        let span = unsafe { Span::chain(first, wire) };
         Some(Batch { slot, span, nodelay })
     }
 
@@ -363,22 +418,22 @@ impl Tx {
         (self.budget / SEND_SLOTS).max(self.record_size + OVERHEAD)
     }
 
-    /// Seals up to `len` queued plaintext bytes, gathered across consumer sends, into
-    /// record buffer `index`. Returns the record's length and whether a send it took bytes
-    /// from asked for WSK_FLAG_NODELAY.
-    fn seal_data(&mut self, index: usize, len: usize) -> Result<(usize, bool), TlsError> {
-        let record = self.records[index].as_mut_slice();
-        let mut at = 0;
+    /// Seals up to `len` queued plaintext bytes, gathered across consumer sends, into the
+    /// last held buffer at `at`. Returns the record's length and whether a send it took
+    /// bytes from asked for WSK_FLAG_NODELAY.
+    fn seal_data(&mut self, at: usize, len: usize) -> Result<(usize, bool), TlsError> {
+        let record = &mut self.held.last_mut().ok_or(TlsError::Internal)?.as_mut_slice()[at..];
+        let mut filled = 0;
         let mut nodelay = false;
-        while at < len {
+        while filled < len {
             let Some(op) = self.cursor else {
                 return Err(TlsError::Internal);
             };
-            let take = (op.len() - op.done()).min(len - at);
-            op.copy_out(op.done(), &mut record[HEADER_LEN + at..HEADER_LEN + at + take]);
+            let take = (op.len() - op.done()).min(len - filled);
+            op.copy_out(op.done(), &mut record[HEADER_LEN + filled..HEADER_LEN + filled + take]);
             op.set_done(op.done() + take);
             nodelay |= op.nodelay();
-            at += take;
+            filled += take;
             if op.done() == op.len() {
                 self.cursor = self.queue.next(op);
             }
@@ -387,20 +442,22 @@ impl Tx {
         while let Some(op) = self.cursor.filter(|op| op.len() == 0) {
             self.cursor = self.queue.next(op);
         }
-        let n = self.sealer.seal(ContentType::ApplicationData, record, len)?;
+        let n = match self.sealer.seal(ContentType::ApplicationData, record, len) {
+            Ok(n) => n,
+            Err(e) => {
+                // The buffer goes back to the shared cache: no plaintext may stay in it.
+                wipe(&mut record[HEADER_LEN..HEADER_LEN + len]);
+                return Err(e);
+            }
+        };
         self.sealed += len as u64;
         self.stats.plaintext_bytes += len as u64;
         self.stats.records += 1;
         Ok((n, nodelay))
     }
 
-    fn seal_control(
-        &mut self,
-        index: usize,
-        content_type: ContentType,
-        body: &[u8],
-    ) -> Result<usize, TlsError> {
-        let record = self.records[index].as_mut_slice();
+    fn seal_control(&mut self, at: usize, content_type: ContentType, body: &[u8]) -> Result<usize, TlsError> {
+        let record = &mut self.held.last_mut().ok_or(TlsError::Internal)?.as_mut_slice()[at..];
         record[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(body);
         let n = self.sealer.seal(content_type, record, body.len())?;
         self.stats.records += 1;
@@ -417,27 +474,6 @@ impl Tx {
         Ok(())
     }
 
-    /// Sets record `count` of the batch starting at `start` to `len` bytes and chains it
-    /// after the previous one (NdisAdjustMdlLength's idea: the MDL describes the record,
-    /// not the whole buffer).
-    fn link(&mut self, start: usize, count: usize, len: usize) {
-        let r = self.records.len();
-        let (at, previous) = ((start + count) % r, (start + count + r - 1) % r);
-        // SAFETY: records being batched are in no request (they were free until now).
-        unsafe {
-            self.records[at].set_mdl_len(len);
-            self.records[at].set_next(None);
-        }
-        if count > 0 {
-            let (a, b) = (previous.min(at), previous.max(at));
-            let (low, high) = self.records.split_at_mut(b);
-            let (previous, next) =
-                if previous < at { (&mut low[a], &high[0]) } else { (&mut high[0], &low[a]) };
-            // SAFETY: as above.
-            unsafe { previous.set_next(Some(next)) };
-        }
-    }
-
     /// The fatal alert, alone in a batch, once a slot and the budget allow (it waits,
     /// queued, until then). Never after our close_notify.
     fn alert_batch<P: Platform>(&mut self, platform: &P) -> Option<Batch> {
@@ -447,13 +483,104 @@ impl Tx {
             return None;
         }
         self.alert = None;
-        let index = (self.first_in_flight + self.records_in_flight) % self.records.len();
-        let n =
-            platform.with_vector_state(|| self.seal_control(index, ContentType::Alert, &alert)).ok()?.ok()?;
-        self.link(index, 0, n);
-        self.records_in_flight += 1;
+        if !self.take_buffer(false) {
+            return None;
+        }
+        let n = platform.with_vector_state(|| self.seal_control(0, ContentType::Alert, &alert)).ok()?.ok();
+        let n = n.unwrap_or(0);
+        self.held.set_last_len(n);
         self.in_flight_bytes += n;
-        self.issue(index, 1, n, false, false)
+        self.issue(1, n, false, false)
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        // Nothing is in flight by now (the channel waited for every request).
+        while let Some(buffer) = self.held.pop_front() {
+            self.lease.give(buffer);
+        }
+    }
+}
+
+/// The send buffers held for sends in flight: a fixed ring of places, allocated when the
+/// channel opens, so sealing and retiring never allocate.
+struct Held {
+    places: Vec<Option<PoolBuffer>>,
+    head: usize,
+    len: usize,
+}
+
+impl Held {
+    fn new(places: usize) -> Result<Held, NTSTATUS> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(places).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        v.resize_with(places, || None);
+        Ok(Held { places: v, head: 0, len: 0 })
+    }
+
+    fn has_room(&self) -> bool {
+        self.len < self.places.len()
+    }
+
+    fn index(&self, i: usize) -> usize {
+        (self.head + i) % self.places.len()
+    }
+
+    /// Callers check `has_room` first.
+    fn push(&mut self, buffer: PoolBuffer) {
+        let at = self.index(self.len);
+        self.places[at] = Some(buffer);
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<PoolBuffer> {
+        if self.len == 0 {
+            return None;
+        }
+        let buffer = self.places[self.head].take();
+        self.head = self.index(1);
+        self.len -= 1;
+        buffer
+    }
+
+    fn pop_back(&mut self) -> Option<PoolBuffer> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        let at = self.index(self.len);
+        self.places[at].take()
+    }
+
+    fn last_mut(&mut self) -> Option<&mut PoolBuffer> {
+        let at = self.index(self.len.checked_sub(1)?);
+        self.places[at].as_mut()
+    }
+
+    /// The `n`th buffer from the back (1 is the last).
+    fn nth_back(&self, n: usize) -> Option<&PoolBuffer> {
+        let i = self.len.checked_sub(n)?;
+        self.places[self.index(i)].as_ref()
+    }
+
+    /// Makes the last buffer's MDL describe its first `len` bytes.
+    fn set_last_len(&mut self, len: usize) {
+        if let Some(last) = self.last_mut() {
+            // SAFETY: the last buffer belongs to the batch being built, in no request.
+            unsafe { last.set_mdl_len(len) };
+        }
+    }
+
+    /// Chains `next` after the last buffer.
+    ///
+    /// # Safety
+    /// The last buffer is in no request.
+    unsafe fn chain_to_last(&mut self, next: &PoolBuffer) {
+        if let Some(last) = self.last_mut() {
+            // SAFETY: per the caller.
+            unsafe { last.set_next(Some(next)) };
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use core::net::SocketAddr;
 
 use super::TAG_CLIENT;
+use super::buffers::{BufferLease, SendBuffers};
 use super::socket::Socket;
 use crate::nt::{
     NTSTATUS, PoolBox, STATUS_DEVICE_NOT_READY, WSK_CLIENT_DISPATCH, WSK_CLIENT_NPI, WSK_PROVIDER_NPI,
@@ -14,14 +15,17 @@ use crate::nt::{
 static CLIENT_DISPATCH: WSK_CLIENT_DISPATCH =
     WSK_CLIENT_DISPATCH { Version: WSK_VERSION_1_0, Reserved: 0, WskClientEvent: None };
 
-/// The registration block WSK writes into must not move: it lives in pool.
+/// The registration block WSK writes into must not move: it lives in pool, with the send
+/// buffers every socket's sender borrows.
 struct Registration {
     block: WSK_REGISTRATION,
     provider: Option<WSK_PROVIDER_NPI>,
+    buffers: SendBuffers,
 }
 
 /// A registered WSK client. Dropping it releases the provider NPI and deregisters, which
-/// waits for every socket it opened to be closed (PASSIVE_LEVEL).
+/// waits for every socket it opened to be closed, then waits for every send-buffer lease
+/// to end and frees the cached buffers (PASSIVE_LEVEL).
 pub struct WskClient {
     registration: PoolBox<Registration>,
 }
@@ -36,7 +40,10 @@ impl WskClient {
     pub fn register() -> Result<WskClient, NTSTATUS> {
         // SAFETY: an all-zero registration block is what WskRegister expects to fill.
         let block: WSK_REGISTRATION = unsafe { core::mem::zeroed() };
-        let mut registration = PoolBox::new(TAG_CLIENT, Registration { block, provider: None })?;
+        let buffers = SendBuffers::new()?;
+        let mut registration = PoolBox::new(TAG_CLIENT, Registration { block, provider: None, buffers })?;
+        // SAFETY: the cache sits at its final (pool) address and has no lease yet.
+        unsafe { registration.buffers.initialize() };
         let mut npi = WSK_CLIENT_NPI { ClientContext: core::ptr::null_mut(), Dispatch: &CLIENT_DISPATCH };
         // SAFETY: the NPI and the pool-resident block are valid for the call; the block
         // stays put until WskDeregister in drop.
@@ -71,6 +78,16 @@ impl WskClient {
         let npi = self.registration.provider.as_ref().ok_or(STATUS_DEVICE_NOT_READY)?;
         Socket::connect(npi, remote, timeout_ms)
     }
+
+    /// A lease on the client's send-buffer cache, for one sender's life.
+    pub fn lease_buffers(&self) -> Result<BufferLease, NTSTATUS> {
+        self.registration.buffers.lease()
+    }
+
+    /// Send buffers cached now (none is lent out or being freed).
+    pub fn cached_send_buffers(&self) -> usize {
+        self.registration.buffers.cached()
+    }
 }
 
 impl Drop for WskClient {
@@ -83,5 +100,7 @@ impl Drop for WskClient {
             }
             WskDeregister(&mut self.registration.block);
         }
+        // A channel gives its buffers back after its socket closed: wait for the last.
+        self.registration.buffers.wait_for_leases();
     }
 }
