@@ -3,7 +3,7 @@
 use core::net::SocketAddr;
 
 use crate::tls::TlsParams;
-use crate::tls::record::{MAX_FRAGMENT, OVERHEAD};
+use crate::tls::record::{MAX_FRAGMENT, MAX_RECORD, OVERHEAD};
 
 /// Default limit on reaching the server (TCP connect).
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
@@ -15,6 +15,11 @@ pub const DEFAULT_DISCONNECT_TIMEOUT_MS: u32 = 5_000;
 /// nor above 1 MiB, whatever the ideal send backlog says.
 pub const MIN_SEND_BUDGET: usize = 2 * (MAX_FRAGMENT + OVERHEAD);
 pub const MAX_SEND_BUDGET: usize = 1 << 20;
+/// The smallest receive buffer, and the default: eight whole pages, room for the largest
+/// record a peer may send (MAX_RECORD) and most of the next. An idle channel holds it, so
+/// it is most of what one costs; more only buys fewer WskReceives per byte.
+pub const MIN_RECEIVE_BUFFER: usize = 32 * 1024;
+const _: () = assert!(MIN_RECEIVE_BUFFER >= MAX_RECORD);
 /// Smallest record size a consumer may choose.
 pub const MIN_RECORD_SIZE: usize = 256;
 
@@ -27,8 +32,8 @@ pub struct ChannelConfig {
     /// Bytes of sealed records in flight at most; `None` to follow the socket's ideal send
     /// backlog. Clamped to MIN_SEND_BUDGET..=MAX_SEND_BUDGET.
     pub send_budget: Option<usize>,
-    /// Plaintext bytes the channel keeps for a consumer that is not reading, at least two
-    /// full records. While they are full no receive is posted.
+    /// Bytes of received records (opened or not) the channel keeps for a consumer that is
+    /// not reading; at least MIN_RECEIVE_BUFFER. While they are full no receive is posted.
     pub receive_buffer: usize,
     pub connect_timeout_ms: u32,
     pub handshake_timeout_ms: u32,
@@ -44,7 +49,7 @@ impl ChannelConfig {
             tls,
             record_size: MAX_FRAGMENT,
             send_budget: None,
-            receive_buffer: 4 * (MAX_FRAGMENT + OVERHEAD),
+            receive_buffer: MIN_RECEIVE_BUFFER,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             key_update_after_records: None,

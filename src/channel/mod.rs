@@ -27,7 +27,7 @@ use wsktls_crypto::Suite;
 
 pub use config::{
     ChannelConfig, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DISCONNECT_TIMEOUT_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS,
-    MAX_SEND_BUDGET, MIN_RECORD_SIZE, MIN_SEND_BUDGET,
+    MAX_SEND_BUDGET, MIN_RECEIVE_BUFFER, MIN_RECORD_SIZE, MIN_SEND_BUDGET,
 };
 pub use receive::ReceiveStats;
 pub use send::SendStats;

@@ -14,14 +14,14 @@ use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use wsktls_crypto::{SecretBytes, Suite};
 
 use super::Defaults;
-use crate::channel::{ChannelConfig, MAX_SEND_BUDGET, MIN_RECORD_SIZE, MIN_SEND_BUDGET};
+use crate::channel::{ChannelConfig, MAX_SEND_BUDGET, MIN_RECEIVE_BUFFER, MIN_RECORD_SIZE, MIN_SEND_BUDGET};
 use crate::nt::{
     AF_INET, AF_INET6, NTSTATUS, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, STATUS_INSUFFICIENT_RESOURCES,
     STATUS_INVALID_ADDRESS, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_PARAMETER, STATUS_REVISION_MISMATCH,
     WSKTLS_BLOB, WSKTLS_CONNECT_PARAMETERS, WSKTLS_SUITE_AES_128_GCM_SHA256, WSKTLS_SUITE_AES_256_GCM_SHA384,
     WSKTLS_SUITE_CHACHA20_POLY1305_SHA256, WSKTLS_VERSION_1_0,
 };
-use crate::tls::record::{MAX_FRAGMENT, OVERHEAD};
+use crate::tls::record::MAX_FRAGMENT;
 use crate::tls::{ClientAuth, TlsParams};
 
 /// Limits on what a consumer may hand us, so a wrong count cannot make us read or copy
@@ -70,9 +70,12 @@ pub(crate) unsafe fn capture(
         0 => None,
         b => Some(within(b, MIN_SEND_BUDGET as u32, MAX_SEND_BUDGET as u32)? as usize),
     };
-    let two_records = 2 * (config.record_size + OVERHEAD) as u32;
-    config.receive_buffer =
-        or_default(p.ReceiveBuffer, config.receive_buffer as u32, two_records, MAX_RECEIVE_BUFFER)? as usize;
+    config.receive_buffer = or_default(
+        p.ReceiveBuffer,
+        config.receive_buffer as u32,
+        MIN_RECEIVE_BUFFER as u32,
+        MAX_RECEIVE_BUFFER,
+    )? as usize;
     config.connect_timeout_ms =
         or_default(p.ConnectTimeoutMs, defaults.connect_timeout_ms, 1, MAX_TIMEOUT_MS)?;
     config.handshake_timeout_ms =

@@ -129,7 +129,8 @@ typedef struct _WSKTLS_CONNECT_PARAMETERS {
   ULONG RecordSize;                  /* plaintext bytes per record sent: 256..16384 */
   ULONG SendBudget;                  /* sealed bytes in flight at most; zero follows the
                                         socket's ideal send backlog */
-  ULONG ReceiveBuffer;               /* plaintext kept for a consumer not receiving */
+  ULONG ReceiveBuffer;               /* bytes of records kept for a consumer not
+                                        receiving: 32768 (the default) .. 16 MiB */
   ULONG ConnectTimeoutMs;
   ULONG HandshakeTimeoutMs;
   ULONG Reserved2;                   /* zero */

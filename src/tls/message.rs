@@ -27,21 +27,30 @@ pub enum PostHandshake {
     NewSessionTicket,
 }
 
-/// Reassembles post-handshake messages from the plaintext of Handshake records, in a
-/// buffer allocated once, when the channel opens: nothing is allocated on the receive path
-/// (and nothing this big sits on a kernel stack).
+/// Reassembles post-handshake messages from the plaintext of Handshake records. A message
+/// split across records is rare (rustls, OpenSSL and GnuTLS send each ticket and KeyUpdate
+/// in one record), so its buffer is allocated the first time one is, and then kept: an
+/// idle channel does not carry 8 KiB for it, and nothing this big sits on a kernel stack.
 pub struct HandshakeReader {
-    /// The start of a message split across records; always MAX_MESSAGE bytes long.
+    /// The start of a message split across records: empty, or MAX_MESSAGE bytes long.
     partial: Vec<u8>,
     len: usize,
 }
 
 impl HandshakeReader {
     pub fn new() -> Result<HandshakeReader, TlsError> {
-        let mut partial = Vec::new();
-        partial.try_reserve_exact(MAX_MESSAGE).map_err(|_| TlsError::Internal)?;
-        partial.resize(MAX_MESSAGE, 0);
-        Ok(HandshakeReader { partial, len: 0 })
+        Ok(HandshakeReader { partial: Vec::new(), len: 0 })
+    }
+
+    /// Holds `rest`, the start of a message the record did not finish.
+    fn hold(&mut self, rest: &[u8]) -> Result<(), TlsError> {
+        if !rest.is_empty() && self.partial.is_empty() {
+            self.partial.try_reserve_exact(MAX_MESSAGE).map_err(|_| TlsError::Internal)?;
+            self.partial.resize(MAX_MESSAGE, 0);
+        }
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.len = rest.len();
+        Ok(())
     }
 
     /// A message has begun and not ended: RFC 8446 §5.1 forbids any other record type
@@ -79,9 +88,7 @@ impl HandshakeReader {
             }
         }
         let rest = parse_messages(fragment, &mut on_message)?;
-        self.partial[..rest.len()].copy_from_slice(rest);
-        self.len = rest.len();
-        Ok(())
+        self.hold(rest)
     }
 }
 
