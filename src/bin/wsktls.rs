@@ -1,7 +1,8 @@
 //! The host runner: wsktls, loaded into ntsim (the user-mode NT kernel the tests use) as
 //! Windows loads it, driven through the sample consumer driver, which speaks only the
 //! published interface. `wsktls demo` echoes data through it and prints the figures;
-//! `wsktls connect` talks to a TLS 1.3 server on loopback. See `wsktls help`.
+//! `wsktls connect` talks to a TLS 1.3 server on loopback; `wsktls bench` measures it
+//! against ring, rustls and OpenSSL. See `wsktls help`.
 //!
 //! Linux only: on Windows the driver is the kernel image, and this is a stub. The runner
 //! never sends traffic anywhere but loopback.
@@ -15,6 +16,9 @@ fn main() {
 #[cfg(not(windows))]
 #[path = "wsktls/args.rs"]
 mod args;
+#[cfg(not(windows))]
+#[path = "wsktls/bench/mod.rs"]
+mod bench;
 #[cfg(not(windows))]
 #[path = "wsktls/connect.rs"]
 mod connect;
@@ -60,6 +64,8 @@ fn main() -> std::process::ExitCode {
     match args::parse(&args) {
         Ok(args::Command::Demo(options)) => demo::run(&options),
         Ok(args::Command::Connect(options)) => connect::run(&options),
+        Ok(args::Command::Bench(options)) => bench::run(&options),
+        Ok(args::Command::BenchSend(bytes)) => bench::send_only(bytes),
         Ok(args::Command::EchoPeer(rest)) => peer::serve(&rest),
         Ok(args::Command::Help) => {
             println!("{}", args::USAGE);

@@ -1,4 +1,5 @@
-//! `cargo xtask kernel`: the kernel image, built on Linux.
+//! `cargo xtask kernel`: the kernel image, built on Linux. (`cargo xtask bench`: the
+//! benchmarks, see bench.rs.)
 //!
 //! 1. Finds the tools (Debian's Rust 1.96 with its library sources, LLVM 22's clang-cl,
 //!    llvm-lib, llvm-dlltool, lld-link and llvm-readobj, osslsigncode, openssl); as root on
@@ -14,6 +15,7 @@
 //! 5. Stamps inf/wsktls.inx into wsktls.inf and test-signs the image (a certificate made
 //!    under target/kernel/test-signing unless --cert/--key name one), then verifies it.
 
+mod bench;
 mod image;
 mod inf;
 mod tools;
@@ -72,12 +74,15 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("kernel") => parse(&args[1..]).and_then(|o| kernel(&o)),
-        _ => Err("usage: cargo xtask kernel [--cert PEM --key PEM] [--plant-user-import]".into()),
+        Some("bench") => bench::parse(&args[1..]).and_then(|o| bench::bench(&Dirs::new(), &o)),
+        _ => Err("usage: cargo xtask kernel [--cert PEM --key PEM] [--plant-user-import]\n       \
+                  cargo xtask bench [--quick] [--json] [--only SECTIONS|instructions]"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask kernel: {e}");
+            eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,7 @@ use wsktls::nt::{
 pub const USAGE: &str = "\
 usage: wsktls demo [--bytes N] [--channels N] [--suite aes128|aes256|chacha20] [--json]
        wsktls connect HOST:PORT --ca FILE [--sni NAME] [--pin SHA256HEX] [--send FILE] [--timeout SECS]
+       wsktls bench [--quick] [--json] [--only send,receive,sink,handshake,memory,scale]
 
 demo     echoes N bytes (default 256MiB; 64KiB, 1GiB and plain numbers work too) through
          wsktls to an echo server it starts on 127.0.0.1, split evenly over the channels
@@ -19,7 +20,10 @@ connect  opens one channel to a TLS 1.3 server on loopback (ntsim connects nowhe
          trusting the CA in FILE (PEM or DER), prints what was negotiated, sends FILE's
          bytes, sends close_notify, and writes what comes back to stdout until the server
          closes or is silent for SECS seconds (default 10). SNI defaults to HOST; --pin is
-         the hex SHA-256 of the server's SubjectPublicKeyInfo.";
+         the hex SHA-256 of the server's SubjectPublicKeyInfo.
+bench    measures wsktls against ring's bare AEAD, the rustls client and OpenSSL on this
+         machine (needs `openssl`; `cargo xtask bench` adds instructions per byte) and
+         prints one table; --quick moves fewer bytes, --json prints the rows as JSON.";
 
 /// The demo's defaults.
 const DEFAULT_BYTES: u64 = 256 << 20;
@@ -29,6 +33,9 @@ const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
 
 pub enum Command {
     Demo(DemoOptions),
+    Bench(crate::bench::BenchOptions),
+    /// `__bench-send BYTES`: the send path alone, for callgrind (xtask bench).
+    BenchSend(u64),
     Connect(ConnectOptions),
     /// The demo's child process: its own arguments, parsed there.
     EchoPeer(Vec<String>),
@@ -65,6 +72,11 @@ pub fn parse(args: &[String]) -> Result<Command, Usage> {
         Some((command, rest)) => match command.as_str() {
             "demo" => demo(rest).map(Command::Demo),
             "connect" => connect(rest).map(Command::Connect),
+            "bench" => bench(rest).map(Command::Bench),
+            crate::bench::SEND_ONLY => match rest {
+                [bytes] => size(bytes).map(Command::BenchSend),
+                _ => Err(Usage(format!("{} BYTES", crate::bench::SEND_ONLY))),
+            },
             crate::peer::SUBCOMMAND => Ok(Command::EchoPeer(rest.to_vec())),
             "help" | "--help" | "-h" => Ok(Command::Help),
             other => Err(Usage(format!("unknown command {other:?}"))),
@@ -97,6 +109,27 @@ fn demo(args: &[String]) -> Result<DemoOptions, Usage> {
     }
     if options.bytes < u64::from(options.channels) {
         return Err(Usage(format!("demo: --bytes must be at least one per channel ({})", options.channels)));
+    }
+    Ok(options)
+}
+
+fn bench(args: &[String]) -> Result<crate::bench::BenchOptions, Usage> {
+    let mut options = crate::bench::BenchOptions { json: false, quick: false, only: Vec::new() };
+    let mut flags = Flags { args: args.iter() };
+    while let Some(flag) = flags.args.next() {
+        match flag.as_str() {
+            "--quick" => options.quick = true,
+            "--json" => options.json = true,
+            "--only" => {
+                for name in flags.value(flag)?.split(',') {
+                    if !crate::bench::SECTIONS.contains(&name) {
+                        return Err(Usage(format!("bench: no section {name:?}")));
+                    }
+                    options.only.push(name.to_owned());
+                }
+            }
+            other => return Err(Usage(format!("bench: unexpected argument {other:?}"))),
+        }
     }
     Ok(options)
 }

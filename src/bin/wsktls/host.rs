@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ntsim::{Device, Driver, EnterGuard, Kernel, Report, Stats};
+use ntsim::{Config, Device, Driver, EnterGuard, Kernel, Report, Stats};
 use wsktls::nt::NTSTATUS;
 use wsktls_sample_consumer::{Binding, Consumer};
 
@@ -77,7 +77,15 @@ impl Host {
     pub fn run<T>(
         work: impl FnOnce(&Host, Arc<Binding>) -> Result<T, Failure>,
     ) -> (Result<T, Failure>, Verdict) {
-        let kernel = Kernel::boot();
+        Host::run_with(Config::default(), work)
+    }
+
+    /// As `run`, on a kernel booted with `config`.
+    pub fn run_with<T>(
+        config: Config,
+        work: impl FnOnce(&Host, Arc<Binding>) -> Result<T, Failure>,
+    ) -> (Result<T, Failure>, Verdict) {
+        let kernel = Kernel::boot_with(config);
         let entered = Some(kernel.enter());
         let mut host = Host { entered, kernel, wsktls: None, device: None, sample: None };
         let outcome = host.load().and_then(|binding| work(&host, binding));

@@ -102,6 +102,12 @@ pub struct PeerChild {
 impl PeerChild {
     /// Starts the child with this identity and waits until it listens.
     pub fn start(chain: &Path, key: &Path) -> Result<PeerChild, Failure> {
+        PeerChild::start_with(chain, key, &[])
+    }
+
+    /// As `start`, with echo-peer's `--mode` and `--suite` options in `options`
+    /// (e.g. `["--mode", "sink", "--suite", "TLS_AES_128_GCM_SHA256"]`).
+    pub fn start_with(chain: &Path, key: &Path, options: &[&str]) -> Result<PeerChild, Failure> {
         let failed = |e: &dyn std::fmt::Display| Failure::plain("start echo-peer", e.to_string());
         let exe = std::env::current_exe().map_err(|e| failed(&e))?;
         let child = Command::new(exe)
@@ -110,6 +116,7 @@ impl PeerChild {
             .arg(chain)
             .arg("--key")
             .arg(key)
+            .args(options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -153,26 +160,39 @@ impl Drop for PeerChild {
     }
 }
 
-/// The child: `__echo-peer --cert CHAIN --key KEY`. Serves on 127.0.0.1 (a free port)
-/// until its stdin closes.
+/// The child: `__echo-peer --cert CHAIN --key KEY [--mode echo|sink|source]
+/// [--suite NAME]...`. Serves on 127.0.0.1 (a free port) until its stdin closes.
 pub fn serve(args: &[String]) -> ExitCode {
     let (mut cert, mut key) = (None, None);
+    let mut config = Config::new("", "");
     let mut args = args.iter();
     while let Some(flag) = args.next() {
-        match (flag.as_str(), args.next()) {
-            ("--cert", Some(v)) => cert = Some(PathBuf::from(v)),
-            ("--key", Some(v)) => key = Some(PathBuf::from(v)),
-            _ => {
-                eprintln!("{SUBCOMMAND}: unexpected argument {flag:?}");
-                return ExitCode::from(2);
+        let parsed = match (flag.as_str(), args.next()) {
+            ("--cert", Some(v)) => {
+                cert = Some(PathBuf::from(v));
+                Ok(())
             }
+            ("--key", Some(v)) => {
+                key = Some(PathBuf::from(v));
+                Ok(())
+            }
+            ("--mode", Some(v)) => v.parse().map(|m| config.mode = m),
+            ("--suite", Some(v)) => {
+                echo_peer::suite_by_name(v).map(|s| config.suites.get_or_insert_with(Vec::new).push(s))
+            }
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unexpected argument {flag:?}"))),
+        };
+        if let Err(e) = parsed {
+            eprintln!("{SUBCOMMAND}: {e}");
+            return ExitCode::from(2);
         }
     }
     let (Some(cert), Some(key)) = (cert, key) else {
         eprintln!("{SUBCOMMAND}: needs --cert and --key");
         return ExitCode::from(2);
     };
-    let peer = match Peer::start(SocketAddr::from(([127, 0, 0, 1], 0)), Config::new(cert, key)) {
+    (config.cert_chain_pem, config.key_pem) = (cert, key);
+    let peer = match Peer::start(SocketAddr::from(([127, 0, 0, 1], 0)), config) {
         Ok(peer) => peer,
         Err(e) => {
             eprintln!("{SUBCOMMAND}: {e}");
