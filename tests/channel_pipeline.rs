@@ -83,7 +83,12 @@ fn bulk_crypto_saves_the_extended_state_once_per_batch_not_per_record() {
     let records = {
         let _in = kernel.enter();
         let client = client();
-        let channel = Channel::connect(&client, &channel_config(peer.addr(), "localhost")).expect("connect");
+        // Batches of several records each way, so that once per batch is not once per
+        // record: a budget of 16 records (4 per WskSend) and a receive buffer of 8.
+        let mut config = channel_config(peer.addr(), "localhost");
+        config.send_budget = Some(256 * 1024);
+        config.receive_buffer = 128 * 1024;
+        let channel = Channel::connect(&client, &config).expect("connect");
         let before = kernel.stats().xstate_saves;
         let mut stream = Stream::new(16 * MIB, ECHO);
         stream.run(&channel, STALL).expect("echo");
