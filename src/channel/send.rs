@@ -300,7 +300,8 @@ impl Tx {
         keys: &SpinLock<KernelConnection<ClientConnectionData>>,
     ) -> (Option<Batch>, Option<Failure>) {
         let limit = self.batch_limit();
-        let (mut count, mut wire, mut nodelay) = (0, 0, false);
+        // Wire bytes sealed into this batch (every record is at least OVERHEAD of them).
+        let (mut wire, mut nodelay) = (0, false);
         // Send buffers this batch took, and bytes used in the last of them.
         let (mut buffers, mut used) = (0, 0);
         let mut close_notify = false;
@@ -317,7 +318,7 @@ impl Tx {
                 unsealed
             };
             let more =
-                len > 0 && self.room_for(len + OVERHEAD) && (count == 0 || wire + len + OVERHEAD <= limit);
+                len > 0 && self.room_for(len + OVERHEAD) && (wire == 0 || wire + len + OVERHEAD <= limit);
             if !more {
                 break;
             }
@@ -325,7 +326,7 @@ impl Tx {
                 if !self.take_buffer(buffers > 0) {
                     // Out of memory: wait for a completion to give buffers back; with
                     // nothing in flight none will, so the channel fails.
-                    if count == 0 && self.in_flight_bytes == 0 {
+                    if wire == 0 && self.in_flight_bytes == 0 {
                         error = Some(Failure::Transport(STATUS_INSUFFICIENT_RESOURCES));
                     }
                     break;
@@ -353,7 +354,6 @@ impl Tx {
             // with the sequence number.
             used += n;
             self.held.set_last_len(used);
-            count += 1;
             wire += n;
             self.in_flight_bytes += n;
             if send_close_notify {
@@ -400,15 +400,14 @@ impl Tx {
             }
             return None;
         }
+        // SAFETY: the batch's buffers are chained in order from the first (take_buffer),
+        // each MDL sized to the records in it (set_last_len), and `wire` is their sum.
+        let span = unsafe { Span::chain(self.held.nth_back(buffers)?, wire) };
         self.stats.peak_in_flight_bytes = self.stats.peak_in_flight_bytes.max(self.in_flight_bytes);
         let slot = self.next_slot;
         self.next_slot = (self.next_slot + 1) % SEND_SLOTS;
         self.slots[slot] =
             Slot { state: SlotState::InFlight, buffers, wire, acked_after: self.sealed, close_notify };
-        let first = self.held.nth_back(buffers)?;
-        // SAFETY: the batch's buffers are chained in order from `first` (take_buffer), each
-        // MDL sized to the records in it (set_last_len), and `wire` is their sum.
-        let span = unsafe { Span::chain(first, wire) };
         Some(Batch { slot, span, nodelay })
     }
 
@@ -486,8 +485,9 @@ impl Tx {
         if !self.take_buffer(false) {
             return None;
         }
-        let n = platform.with_vector_state(|| self.seal_control(0, ContentType::Alert, &alert)).ok()?.ok();
-        let n = n.unwrap_or(0);
+        // Not sealed (no vector state, or the key is spent): `issue` gives the buffer back.
+        let sealed = platform.with_vector_state(|| self.seal_control(0, ContentType::Alert, &alert));
+        let n = sealed.ok().and_then(Result::ok).unwrap_or(0);
         self.held.set_last_len(n);
         self.in_flight_bytes += n;
         self.issue(1, n, false, false)
