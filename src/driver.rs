@@ -27,13 +27,13 @@ use crate::nt::{
     IRP_MN_SURPRISE_REMOVAL, IoAllocateDriverObjectExtension, IoAttachDeviceToDeviceStack, IoCallDriver,
     IoCompleteRequest, IoCopyCurrentIrpStackLocationToNext, IoCreateDevice, IoDeleteDevice, IoDetachDevice,
     IoGetCurrentIrpStackLocation, IoGetDriverObjectExtension, IoOpenDriverRegistryKey,
-    IoRegisterDeviceInterface, IoSetCompletionRoutine, IoSetDeviceInterfaceState,
-    IoSkipCurrentIrpStackLocation, KEY_READ, KEY_VALUE_PARTIAL_INFORMATION, KernelMode,
-    KeyValuePartialInformation, NTSTATUS, PVOID, REG_DWORD, RtlFreeUnicodeString, STATUS_ACCESS_DENIED,
-    STATUS_BUFFER_TOO_SMALL, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_PENDING,
-    STATUS_REVISION_MISMATCH, STATUS_SUCCESS, SpinLock, TRUE, UNICODE_STRING, WSKTLS_PROVIDER_NPI,
-    WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0, ZwClose, ZwQueryValueKey, set_event_on_completion,
+    IoRegisterDeviceInterface, IoSetDeviceInterfaceState, IoSkipCurrentIrpStackLocation, KEY_READ,
+    KEY_VALUE_PARTIAL_INFORMATION, KernelMode, KeyValuePartialInformation, NTSTATUS, PVOID, REG_DWORD,
+    RtlFreeUnicodeString, STATUS_ACCESS_DENIED, STATUS_BUFFER_TOO_SMALL, STATUS_DELETE_PENDING,
+    STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_PENDING, STATUS_REVISION_MISMATCH,
+    STATUS_SUCCESS, SpinLock, TRUE, UNICODE_STRING, WSKTLS_PROVIDER_NPI, WSKTLS_PROVIDER_REQUEST,
+    WSKTLS_VERSION_1_0, ZwClose, ZwQueryValueKey,
 };
 
 /// Identifies wsktls's per-driver storage (IoAllocateDriverObjectExtension): its address.
@@ -404,8 +404,7 @@ unsafe fn pass_down_and_wait(device: &Device, irp: *mut IRP) -> NTSTATUS {
     unsafe {
         done.initialize();
         IoCopyCurrentIrpStackLocationToNext(irp);
-        let context = &done as *const Event as PVOID;
-        IoSetCompletionRoutine(irp, Some(set_event_on_completion), context, true, true, true);
+        done.receive_completion_of(irp);
         if IoCallDriver(device.lower, irp) == STATUS_PENDING {
             let _ = done.wait(u32::MAX);
         }

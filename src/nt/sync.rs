@@ -128,6 +128,23 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Makes this event the way `irp` comes back: its completion routine (in the next
+    /// stack location) becomes [`set_event_on_completion`] with this event, invoked on
+    /// success, error and cancel alike.
+    ///
+    /// # Safety
+    /// `irp` is the caller's, with a next stack location; this event is initialised and
+    /// stays put until the routine has set it.
+    pub unsafe fn receive_completion_of(&self, irp: *mut crate::IRP) {
+        let context = self as *const Event as crate::PVOID;
+        // SAFETY: per the caller.
+        unsafe {
+            crate::IoSetCompletionRoutine(irp, Some(set_event_on_completion), context, true, true, true)
+        };
+    }
+}
+
 /// A completion routine that hands the IRP back to its issuer: sets the [`Event`] its
 /// context points at and returns STATUS_MORE_PROCESSING_REQUIRED (the issuer, waiting on
 /// the event, owns the IRP again and frees or reuses it).

@@ -7,10 +7,9 @@ use core::ptr::null_mut;
 use wsktls_nt::{
     DEVICE_OBJECT, Event, FALSE, FILE_OBJECT, FILE_READ_DATA, IOCTL_WSKTLS_GET_PROVIDER,
     IRP_MJ_INTERNAL_DEVICE_CONTROL, IoAllocateIrp, IoCallDriver, IoFreeIrp, IoGetDeviceObjectPointer,
-    IoGetNextIrpStackLocation, IoSetCompletionRoutine, KernelMode, NTSTATUS, ObDereferenceObject, PVOID,
+    IoGetNextIrpStackLocation, KernelMode, NTSTATUS, ObDereferenceObject, PVOID,
     STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, STATUS_REVISION_MISMATCH, UNICODE_STRING, WSKTLS_DISPATCH,
     WSKTLS_PROVIDER, WSKTLS_PROVIDER_NPI, WSKTLS_PROVIDER_REQUEST, WSKTLS_VERSION_1_0,
-    set_event_on_completion,
 };
 
 pub struct Binding {
@@ -124,14 +123,7 @@ unsafe fn get_provider(
         control.InputBufferLength = size_of::<WSKTLS_PROVIDER_REQUEST>() as u32;
         control.IoControlCode = IOCTL_WSKTLS_GET_PROVIDER;
         control.Type3InputBuffer = &request as *const WSKTLS_PROVIDER_REQUEST as PVOID;
-        IoSetCompletionRoutine(
-            irp,
-            Some(set_event_on_completion),
-            &done as *const Event as PVOID,
-            true,
-            true,
-            true,
-        );
+        done.receive_completion_of(irp);
         if IoCallDriver(device, irp) == STATUS_PENDING {
             let _ = done.wait(u32::MAX);
         }

@@ -9,11 +9,10 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use wsktls_nt::{
-    Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine, NTSTATUS, PVOID,
-    PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_STATE, STATUS_NOT_SUPPORTED,
-    STATUS_UNSUCCESSFUL, WSK_BUF, WSKTLS_BLOB, WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_COUNTERS,
-    WSKTLS_SESSION_INFO, WSKTLS_VERSION_1_0, WinAddr, WskTlsInfoCounters, WskTlsInfoSession, pool_tag,
-    set_event_on_completion,
+    Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, NTSTATUS, PVOID, PoolBox, PoolBuffer,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_STATE, STATUS_NOT_SUPPORTED, STATUS_UNSUCCESSFUL,
+    WSK_BUF, WSKTLS_BLOB, WSKTLS_CHANNEL, WSKTLS_CONNECT_PARAMETERS, WSKTLS_COUNTERS, WSKTLS_SESSION_INFO,
+    WSKTLS_VERSION_1_0, WinAddr, WskTlsInfoCounters, WskTlsInfoSession, pool_tag,
 };
 
 use crate::binding::Binding;
@@ -110,14 +109,7 @@ impl Call {
         // SAFETY: our idle IRP and event; the event lives in pool with the session.
         unsafe {
             IoReuseIrp(self.irp, STATUS_UNSUCCESSFUL);
-            IoSetCompletionRoutine(
-                self.irp,
-                Some(set_event_on_completion),
-                &self.done as *const Event as PVOID,
-                true,
-                true,
-                true,
-            );
+            self.done.receive_completion_of(self.irp);
         }
         // SAFETY: `busy` gives this thread the buffer until it is cleared.
         let buffer = unsafe { (*self.buffer.get()).as_mut() };

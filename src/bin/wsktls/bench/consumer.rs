@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use wsktls::nt::{
-    Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, IoSetCompletionRoutine, NTSTATUS, PVOID,
-    PoolBox, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_SUPPORTED, STATUS_UNSUCCESSFUL, WSK_BUF,
-    WSKTLS_CHANNEL, pool_tag, set_event_on_completion,
+    Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, NTSTATUS, PoolBox, PoolBuffer,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_SUPPORTED, STATUS_UNSUCCESSFUL, WSK_BUF, WSKTLS_CHANNEL,
+    pool_tag,
 };
 use wsktls_sample_consumer::{Binding, Session};
 
@@ -133,14 +133,7 @@ impl Pipe {
         // SAFETY: our idle IRP; the event lives in pool with the slots.
         unsafe {
             IoReuseIrp(slot.irp, STATUS_UNSUCCESSFUL);
-            IoSetCompletionRoutine(
-                slot.irp,
-                Some(set_event_on_completion),
-                &slot.done as *const Event as PVOID,
-                true,
-                true,
-                true,
-            );
+            slot.done.receive_completion_of(slot.irp);
         }
         let mut buf = WSK_BUF { Mdl: slot.buffer.mdl(), Offset: 0, Length: len };
         (slot.busy, slot.len) = (true, len);
