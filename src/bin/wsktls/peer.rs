@@ -47,9 +47,12 @@ impl Drop for TempDir {
 }
 
 /// The demo's PKI: an ECDSA P-256 CA and a server certificate it signed.
+#[derive(Clone, Debug)]
 pub struct DemoPki {
-    /// The trust anchor the demo gives wsktls.
+    /// The trust anchor the demo gives wsktls (and rustls).
     pub ca_der: Vec<u8>,
+    /// The trust anchor, PEM, for `openssl -CAfile`.
+    pub ca_pem: PathBuf,
     /// PEM: the server certificate, then the CA's.
     pub chain: PathBuf,
     /// PEM: the server's PKCS#8 key.
@@ -58,7 +61,15 @@ pub struct DemoPki {
 
 /// Makes the demo's PKI in `dir`. ECDSA only: ring makes the keys, no `openssl` needed.
 pub fn make_pki(dir: &Path) -> Result<DemoPki, Failure> {
-    let failed = |e: &dyn std::fmt::Display| Failure::plain("make the demo PKI", e.to_string());
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Failure::plain("make the demo PKI", e.to_string()))?;
+    make_pki_with_key(dir, "", key)
+}
+
+/// An ECDSA P-256 CA and a certificate for SERVER_NAMES with the server key `key`, written
+/// to `dir` under file names that start with `prefix` (so several can share a directory).
+pub fn make_pki_with_key(dir: &Path, prefix: &str, key: KeyPair) -> Result<DemoPki, Failure> {
+    let failed = |e: &dyn std::fmt::Display| Failure::plain("make a PKI", e.to_string());
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| failed(&e))?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name = common_name("wsktls demo CA");
@@ -67,7 +78,6 @@ pub fn make_pki(dir: &Path) -> Result<DemoPki, Failure> {
     let ca_cert = ca.self_signed(&ca_key).map_err(|e| failed(&e))?;
     let issuer = Issuer::new(ca, ca_key);
 
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| failed(&e))?;
     let names = SERVER_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut server = CertificateParams::new(names).map_err(|e| failed(&e))?;
     server.distinguished_name = common_name(SERVER_NAMES[0]);
@@ -77,11 +87,12 @@ pub fn make_pki(dir: &Path) -> Result<DemoPki, Failure> {
     let server_cert = server.signed_by(&key, &issuer).map_err(|e| failed(&e))?;
 
     let write = |name: &str, text: String| {
-        let path = dir.join(name);
+        let path = dir.join(format!("{prefix}{name}"));
         std::fs::write(&path, text).map(|()| path).map_err(|e| failed(&e))
     };
     Ok(DemoPki {
         ca_der: ca_cert.der().to_vec(),
+        ca_pem: write("ca.pem", ca_cert.pem())?,
         chain: write("server-chain.pem", server_cert.pem() + &ca_cert.pem())?,
         key: write("server.key.pem", key.serialize_pem())?,
     })

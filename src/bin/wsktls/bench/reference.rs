@@ -20,15 +20,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
-};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use crate::peer::SERVER_NAMES;
+use crate::peer::{DemoPki, SERVER_NAMES, make_pki_with_key};
 use crate::words::Failure;
 
 /// The name every client here asks for (SNI) and checks the certificate against.
@@ -78,58 +75,17 @@ impl KeyType {
     }
 }
 
-/// A CA and a server certificate for "localhost" (and 127.0.0.1), the server key of one
-/// [`KeyType`].
-///
-/// The CA is ECDSA P-256 whatever the server's key, so that verifying the chain costs a
-/// client the same (one ECDSA signature) for both key types, and the only difference
-/// between them is the one that matters for a handshake: the server's CertificateVerify
-/// signature (and the client's verification of it).
-#[derive(Clone, Debug)]
-pub struct BenchPki {
-    /// The trust anchor, DER, for rustls and wsktls.
-    pub ca_der: Vec<u8>,
-    /// The trust anchor, PEM, for `openssl -CAfile`.
-    pub ca_pem: PathBuf,
-    /// PEM: the server certificate, then the CA's.
-    pub chain: PathBuf,
-    /// PEM: the server's PKCS#8 key.
-    pub key: PathBuf,
-}
-
-/// Makes a [`BenchPki`] in `dir` (files named for the key type, so both can share a
-/// directory). ECDSA keys come from ring; the RSA key from `openssl genpkey`, since ring
-/// cannot generate RSA keys.
-pub fn make_bench_pki(dir: &Path, key_type: KeyType) -> Result<BenchPki, Failure> {
-    let what = format!("make the bench's {} PKI", key_type.label());
-    let failed = |e: &dyn Display| Failure::plain(what.clone(), e.to_string());
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| failed(&e))?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name = common_name("wsktls bench CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key).map_err(|e| failed(&e))?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let key = server_key(key_type).map_err(|e| failed(&e))?;
-    let names = SERVER_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let mut server = CertificateParams::new(names).map_err(|e| failed(&e))?;
-    server.distinguished_name = common_name(SERVER_NAME);
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    server.use_authority_key_identifier_extension = true;
-    let server_cert = server.signed_by(&key, &issuer).map_err(|e| failed(&e))?;
-
-    let write = |name: &str, text: String| {
-        let path = dir.join(format!("bench-{}-{name}", key_type.slug()));
-        fs::write(&path, text).map(|()| path).map_err(|e| failed(&e))
-    };
-    Ok(BenchPki {
-        ca_der: ca_cert.der().to_vec(),
-        ca_pem: write("ca.pem", ca_cert.pem())?,
-        chain: write("server-chain.pem", server_cert.pem() + &ca_cert.pem())?,
-        key: write("server.key.pem", key.serialize_pem())?,
-    })
+/// The bench's PKI for one [`KeyType`] (peer::make_pki_with_key, files named for the key
+/// type, so both can share a directory). The CA is ECDSA P-256 whatever the server's key,
+/// so that verifying the chain costs a client the same (one ECDSA signature) for both key
+/// types, and the only difference between them is the one that matters for a handshake:
+/// the server's CertificateVerify signature (and the client's verification of it). ECDSA
+/// keys come from ring; the RSA key from `openssl genpkey`, since ring cannot generate RSA
+/// keys.
+pub fn make_bench_pki(dir: &Path, key_type: KeyType) -> Result<DemoPki, Failure> {
+    let key = server_key(key_type)
+        .map_err(|e| Failure::plain(format!("make the bench's {} PKI", key_type.label()), e.to_string()))?;
+    make_pki_with_key(dir, &format!("bench-{}-", key_type.slug()), key)
 }
 
 fn server_key(key_type: KeyType) -> io::Result<KeyPair> {
@@ -155,12 +111,6 @@ fn openssl_rsa_key() -> io::Result<KeyPair> {
     }
     let pem = String::from_utf8(output.stdout).map_err(io::Error::other)?;
     KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &PKCS_RSA_SHA256).map_err(io::Error::other)
-}
-
-fn common_name(name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    dn
 }
 
 /// One rustls client (std, `StreamOwned<ClientConnection, TcpStream>` with rustls's
@@ -760,7 +710,7 @@ mod tests {
     const SUITE: CipherSuite = CipherSuite::TLS13_AES_128_GCM_SHA256;
 
     /// A PKI of `key_type` and an in-process echo-peer serving it in `mode`, AES-128 only.
-    fn server(key_type: KeyType, mode: Mode) -> (TempDir, BenchPki, Peer) {
+    fn server(key_type: KeyType, mode: Mode) -> (TempDir, DemoPki, Peer) {
         let dir = TempDir::new("wsktls-reference-test").unwrap();
         let pki = make_bench_pki(dir.path(), key_type).unwrap();
         let config = Config { mode, suites: Some(vec![SUITE]), ..Config::new(&pki.chain, &pki.key) };

@@ -74,9 +74,6 @@ pub fn sink(host: &Host, binding: &Arc<Binding>, bench: &Bench, rows: &mut Vec<R
             &bench.pki.key,
             &["--mode", "sink", "--suite", suite_name(suite)],
         )?;
-        let ca_pem = bench.dir.path().join("bench-ca.pem");
-        std::fs::write(&ca_pem, pem("CERTIFICATE", &bench.pki.ca_der))
-            .map_err(|e| Failure::plain("bench: write the CA", e.to_string()))?;
         let mut runs: Vec<Run<'_>> = vec![
             Box::new(|| {
                 let session = connect(binding, bench, &peer, suite)?;
@@ -90,7 +87,7 @@ pub fn sink(host: &Host, binding: &Arc<Binding>, bench: &Bench, rows: &mut Vec<R
             Box::new(|| {
                 Ok(rate(
                     total,
-                    openssl_send(peer.addr(), &ca_pem, suite_name(suite), total, bench.dir.path())?,
+                    openssl_send(peer.addr(), &bench.pki.ca_pem, suite_name(suite), total, bench.dir.path())?,
                 ))
             }),
         ];
@@ -210,19 +207,4 @@ pub fn scale(host: &Host, binding: &Arc<Binding>, bench: &Bench, rows: &mut Vec<
         );
     }
     Ok(())
-}
-
-/// DER as PEM.
-fn pem(label: &str, der: &[u8]) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut text = String::new();
-    for chunk in der.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-        for i in 0..4 {
-            text.push(if i <= chunk.len() { B64[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).unwrap_or("")).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
