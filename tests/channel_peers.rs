@@ -7,7 +7,9 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::consumer::{ECHO, LINE, LINES, REVERSED_LINES, Shape, Stream, channel_config};
+use common::consumer::{
+    ECHO, LINES, RECORD_LINE, REVERSED_LINES, REVERSED_RECORD_LINES, Shape, Stream, channel_config,
+};
 use common::peers::{
     Openssl, PeerProcess, Skip, Suite as PeerSuite, gnutls_server, openssl_server, socat_server, test_pki,
 };
@@ -104,11 +106,14 @@ fn key_updates_before_a_low_confidentiality_limit_are_accepted_by_openssl() {
     };
     // openssl s_server -rev pauses a second on each KeyUpdate it reads: keep them few.
     // And it mangles a line that a KeyUpdate splits (BIO_gets hands back the part before
-    // it as a whole line), so every send, and so every record, ends on a line.
-    let info = echo(&kernel, &peer, Suite::Aes128Gcm, 4 * MIB, REVERSED_LINES, |c, s| {
-        c.key_update_after_records = Some(80);
-        s.send_granularity = LINE as usize;
-    });
+    // it as a whole line), so every send is whole lines and every full record one line.
+    let records = 320;
+    let info =
+        echo(&kernel, &peer, Suite::Aes128Gcm, records * RECORD_LINE, REVERSED_RECORD_LINES, |c, s| {
+            c.key_update_after_records = Some(80);
+            c.record_size = RECORD_LINE as usize;
+            s.send_granularity = RECORD_LINE as usize;
+        });
     assert!(info.sent.key_updates >= 3, "{info:?}");
     kernel.finish();
 }

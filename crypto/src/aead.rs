@@ -85,16 +85,21 @@ impl TrafficKey {
     }
 
     /// Encrypts `data` in place as record number `sequence` with `header` as additional
-    /// data, and returns the tag to append.
+    /// data, and writes the tag into `tag` (TAG_LEN bytes: where it goes in the record, so
+    /// that it is not moved through the stack on the way).
     pub fn seal_in_place(
         &self,
         sequence: u64,
         header: &[u8],
         data: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], AeadFailed> {
-        let tag = self.key.seal_in_place_separate_tag(self.nonce(sequence), Aad::from(header), data);
-        let tag = tag.map_err(|_| AeadFailed)?;
-        tag.as_ref().try_into().map_err(|_| AeadFailed)
+        tag: &mut [u8],
+    ) -> Result<(), AeadFailed> {
+        if tag.len() != TAG_LEN {
+            return Err(AeadFailed);
+        }
+        let sealed = self.key.seal_in_place_separate_tag(self.nonce(sequence), Aad::from(header), data);
+        tag.copy_from_slice(sealed.map_err(|_| AeadFailed)?.as_ref());
+        Ok(())
     }
 
     /// Decrypts `data` (ciphertext followed by the tag) in place as record number

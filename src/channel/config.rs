@@ -27,7 +27,8 @@ pub const MIN_RECORD_SIZE: usize = 256;
 pub struct ChannelConfig {
     pub remote: SocketAddr,
     pub tls: TlsParams,
-    /// Plaintext bytes per record we send (MIN_RECORD_SIZE..=16384).
+    /// Most plaintext bytes per record we send (MIN_RECORD_SIZE..=16384); full records
+    /// carry `full_record_fill` of it.
     pub record_size: usize,
     /// Bytes of sealed records in flight at most; `None` to follow the socket's ideal send
     /// backlog. Clamped to MIN_SEND_BUDGET..=MAX_SEND_BUDGET.

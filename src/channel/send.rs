@@ -15,20 +15,20 @@ use super::config::MAX_SEND_BUDGET;
 use super::pump::Pump;
 use crate::interface::{Completions, ConsumerRequest, RequestQueue};
 use crate::nt::{NTSTATUS, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, SpinLock};
-use crate::tls::record::{ContentType, HEADER_LEN, MAX_FRAGMENT, OVERHEAD, Sealer};
+use crate::tls::record::{ContentType, HEADER_LEN, MAX_FRAGMENT, OVERHEAD, Sealer, full_record_fill};
 use crate::tls::{TlsError, alert, key_update};
 use crate::wsk::{BufferLease, PREFILLED, SEND_BUFFER_LEN, Span};
 
 // A full record must fit in one send buffer, and the cache's first buffers must cover a
 // channel at the largest budget with full records (see `Tx::new`'s places).
 const _: () = assert!(MAX_FRAGMENT + OVERHEAD <= SEND_BUFFER_LEN);
-const _: () = assert!(places(MAX_SEND_BUDGET, MAX_FRAGMENT) <= PREFILLED);
+const _: () = assert!(places(MAX_SEND_BUDGET, full_record_fill(MAX_FRAGMENT)) <= PREFILLED);
 
-/// Places for the buffers of a channel with `budget` bytes in flight in records of
-/// `record_size`: a budget of full records, one per buffer, and each send's last, partly
+/// Places for the buffers of a channel with `budget` bytes in flight in records of `fill`
+/// plaintext bytes: a budget of full records, one per buffer, and each send's last, partly
 /// filled buffer. A mix of sizes that needs more waits for completions.
-const fn places(budget: usize, record_size: usize) -> usize {
-    budget / (record_size + OVERHEAD) + SEND_SLOTS + 1
+const fn places(budget: usize, fill: usize) -> usize {
+    budget / (fill + OVERHEAD) + SEND_SLOTS + 1
 }
 
 /// Plaintext bytes of the control records we send.
@@ -90,7 +90,9 @@ pub struct SendStats {
 
 pub(crate) struct Tx {
     sealer: Sealer,
-    record_size: usize,
+    /// Plaintext bytes of a full record: the consumer's record size, trimmed to whole AEAD
+    /// blocks.
+    fill: usize,
     budget: usize,
     /// Where send buffers come from and go back to.
     lease: BufferLease,
@@ -127,12 +129,13 @@ impl Tx {
         budget: usize,
         lease: BufferLease,
     ) -> Result<Tx, NTSTATUS> {
+        let fill = full_record_fill(record_size);
         Ok(Tx {
             sealer,
-            record_size,
+            fill,
             budget,
             lease,
-            held: Held::new(places(budget, record_size))?,
+            held: Held::new(places(budget, fill))?,
             slots: [IDLE; SEND_SLOTS],
             next_slot: 0,
             oldest_slot: 0,
@@ -307,7 +310,7 @@ impl Tx {
         let mut close_notify = false;
         let mut error = None;
         loop {
-            let unsealed = (self.queued - self.sealed).min(self.record_size as u64) as usize;
+            let unsealed = (self.queued - self.sealed).min(self.fill as u64) as usize;
             let need_key_update = self.key_update_owed || self.sealer.records_left() <= 1;
             let send_close_notify = unsealed == 0 && self.close_notify == CloseNotify::Requested;
             let len = if need_key_update {
@@ -414,7 +417,7 @@ impl Tx {
     /// The most one WskSend carries: the budget spread over the slots (at least one whole
     /// record), so no pass holds the lock to seal more than that.
     fn batch_limit(&self) -> usize {
-        (self.budget / SEND_SLOTS).max(self.record_size + OVERHEAD)
+        (self.budget / SEND_SLOTS).max(self.fill + OVERHEAD)
     }
 
     /// Seals up to `len` queued plaintext bytes, gathered across consumer sends, into the

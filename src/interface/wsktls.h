@@ -126,7 +126,9 @@ typedef struct _WSKTLS_CONNECT_PARAMETERS {
   ULONG ClientChainCount;
   ULONG AlpnCount;
   ULONG Suites;                      /* WSKTLS_SUITE_* bits */
-  ULONG RecordSize;                  /* plaintext bytes per record sent: 256..16384 */
+  ULONG RecordSize;                  /* most plaintext bytes per record sent: 256..16384;
+                                        a full record carries up to 15 fewer (whole AEAD
+                                        blocks) */
   ULONG SendBudget;                  /* sealed bytes in flight at most; zero follows the
                                         socket's ideal send backlog */
   ULONG ReceiveBuffer;               /* bytes of records kept for a consumer not

@@ -122,7 +122,8 @@ pub struct WSKTLS_CONNECT_PARAMETERS {
     pub AlpnCount: u32,
     /// WSKTLS_SUITE_* bits.
     pub Suites: u32,
-    /// Plaintext bytes per record sent: 256..=16384.
+    /// Plaintext bytes per record sent at most: 256..=16384 (a full record carries up to 15
+    /// fewer, so that it seals as whole AEAD blocks).
     pub RecordSize: u32,
     /// Sealed bytes in flight at most; zero follows the socket's ideal send backlog.
     pub SendBudget: u32,

@@ -22,6 +22,19 @@ pub const MAX_RECORD: usize = HEADER_LEN + MAX_CIPHERTEXT;
 /// What sealing adds to a plaintext: header, inner content type, tag. We never pad.
 pub const OVERHEAD: usize = HEADER_LEN + 1 + TAG_LEN;
 
+/// The block both TLS 1.3 AEADs work in: AES-GCM's counter and GHASH blocks, Poly1305's.
+const AEAD_BLOCK: usize = 16;
+
+/// The plaintext a full record of at most `record_size` bytes carries: the most whose inner
+/// plaintext (the bytes and the content-type byte) is whole AEAD blocks. A partial last
+/// block costs ring a second, slower pass (measured: 7% of a 4 KiB record's seal); the
+/// price is one more record per ~16,000.
+pub const fn full_record_fill(record_size: usize) -> usize {
+    let inner = record_size + 1;
+    let whole = inner - inner % AEAD_BLOCK;
+    if whole == 0 { record_size } else { whole - 1 }
+}
+
 /// legacy_record_version of every protected record.
 const LEGACY_VERSION: [u8; 2] = [0x03, 0x03];
 
@@ -74,14 +87,15 @@ impl Sealer {
             return Err(TlsError::Internal);
         }
         let ciphertext_len = (len + 1 + TAG_LEN) as u16;
-        let [hi, lo] = ciphertext_len.to_be_bytes();
-        let header = [ContentType::ApplicationData as u8, LEGACY_VERSION[0], LEGACY_VERSION[1], hi, lo];
         let (head, body) = record[..total].split_at_mut(HEADER_LEN);
-        head.copy_from_slice(&header);
+        // Written where it goes and read back from there as the AAD, rather than built on
+        // the stack and copied in (that copy stalled on store forwarding every record).
+        head[0] = ContentType::ApplicationData as u8;
+        head[1..3].copy_from_slice(&LEGACY_VERSION);
+        head[3..5].copy_from_slice(&ciphertext_len.to_be_bytes());
         let (inner, tag) = body.split_at_mut(len + 1);
         inner[len] = content_type as u8;
-        let sealed = self.key.seal_in_place(self.sequence, &header, inner).map_err(|_| TlsError::Internal)?;
-        tag.copy_from_slice(&sealed);
+        self.key.seal_in_place(self.sequence, head, inner, tag).map_err(|_| TlsError::Internal)?;
         self.sequence += 1;
         Ok(total)
     }
@@ -255,8 +269,8 @@ mod tests {
         record[..HEADER_LEN].copy_from_slice(&[23, 3, 3, (len >> 8) as u8, len as u8]);
         record[HEADER_LEN..HEADER_LEN + padded.len()].copy_from_slice(&padded);
         let (header, body) = record.split_at_mut(HEADER_LEN);
-        let tag = s.key.seal_in_place(0, header, &mut body[..padded.len()]).unwrap();
-        body[padded.len()..].copy_from_slice(&tag);
+        let (inner, tag) = body.split_at_mut(padded.len());
+        s.key.seal_in_place(0, header, inner, tag).unwrap();
         let opened = o.open(&mut record).unwrap().unwrap();
         assert_eq!(opened.content_type, ContentType::Handshake);
         assert_eq!(&record[opened.plaintext], &[24, 0, 0, 1]);
@@ -273,8 +287,8 @@ mod tests {
         record[HEADER_LEN] = b'x';
         record[HEADER_LEN + 1] = ContentType::ApplicationData as u8;
         let (header, body) = record.split_at_mut(HEADER_LEN);
-        let tag = s.key.seal_in_place(0, header, &mut body[..inner_len]).unwrap();
-        body[inner_len..].copy_from_slice(&tag);
+        let (inner, tag) = body.split_at_mut(inner_len);
+        s.key.seal_in_place(0, header, inner, tag).unwrap();
         assert_eq!(o.open(&mut record), Err(TlsError::RecordOverflow));
     }
 
@@ -305,5 +319,18 @@ mod tests {
         assert_eq!(s.seal(ContentType::ApplicationData, &mut record, 1), Err(TlsError::Internal));
         s.rekey(TrafficKey::from_raw(Suite::Aes128Gcm, &[3; 16], &[4; 12]).unwrap());
         assert_eq!((s.sequence(), s.records_left()), (0, 2));
+    }
+
+    #[test]
+    fn a_full_record_fills_whole_aead_blocks_within_the_record_size() {
+        assert_eq!(full_record_fill(MAX_FRAGMENT), MAX_FRAGMENT - 1);
+        assert_eq!(full_record_fill(4096), 4095);
+        assert_eq!(full_record_fill(1000), 991);
+        for size in [1, 15, 16, 17, 256, 1000, 4096, MAX_FRAGMENT] {
+            let fill = full_record_fill(size);
+            assert!(fill <= size, "{size}");
+            assert!(fill + 1 < AEAD_BLOCK || (fill + 1) % AEAD_BLOCK == 0, "{size}: {fill}");
+            assert!(size - fill < AEAD_BLOCK, "{size}: {fill} gives away a whole block");
+        }
     }
 }

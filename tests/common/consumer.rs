@@ -95,7 +95,12 @@ const LINE_ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs
 
 /// Lines of LINE bytes (for peers that echo lines: gnutls-serv, openssl -rev).
 pub fn line_byte(pos: u64) -> u8 {
-    if pos % LINE == LINE - 1 { b'\n' } else { LINE_ALPHABET[super::pattern(pos) as usize % 62] }
+    line_byte_of::<LINE>(pos)
+}
+
+/// Lines of `L` bytes, newline included.
+fn line_byte_of<const L: u64>(pos: u64) -> u8 {
+    if pos % L == L - 1 { b'\n' } else { LINE_ALPHABET[super::pattern(pos) as usize % 62] }
 }
 
 /// Lines, echoed as they are.
@@ -103,12 +108,21 @@ pub const LINES: Shape = Shape { send: line_byte, expect: line_byte };
 
 /// The line holding `pos`, reversed (newline kept last): what `openssl s_server -rev`
 /// returns.
-pub fn reversed_line_byte(pos: u64) -> u8 {
-    let i = pos % LINE;
-    if i == LINE - 1 { b'\n' } else { line_byte(pos - i + (LINE - 2 - i)) }
+fn reversed_line_byte_of<const L: u64>(pos: u64) -> u8 {
+    let i = pos % L;
+    if i == L - 1 { b'\n' } else { line_byte_of::<L>(pos - i + (L - 2 - i)) }
 }
 
-pub const REVERSED_LINES: Shape = Shape { send: line_byte, expect: reversed_line_byte };
+pub const REVERSED_LINES: Shape = Shape { send: line_byte, expect: reversed_line_byte_of::<LINE> };
+
+/// A line exactly as long as a full record of this record size carries (1023 bytes: with
+/// the content-type byte, whole AEAD blocks), so that records sent back to back each end
+/// on a line: for a peer that mangles a line split by a KeyUpdate (openssl -rev).
+pub const RECORD_LINE: u64 = 1023;
+
+/// Lines of RECORD_LINE bytes, reversed as openssl -rev returns them.
+pub const REVERSED_RECORD_LINES: Shape =
+    Shape { send: line_byte_of::<RECORD_LINE>, expect: reversed_line_byte_of::<RECORD_LINE> };
 
 /// One buffer of the engine: its IRP and its chain of pool buffers.
 struct Buf {
