@@ -132,6 +132,10 @@ pub struct Stats {
     /// `sends_inline`), and bytes their sources filled receives with.
     pub null_bytes_sent: u64,
     pub null_bytes_received: u64,
+    /// Threads a dispatcher signal woke (KeSetEvent, a timer expiring, the last reference
+    /// of a rundown in progress going): a signal wakes the waiters of its object only,
+    /// one of them for a synchronization object.
+    pub waits_woken: u64,
 }
 
 impl KernelInner {
@@ -421,6 +425,7 @@ impl Kernel {
             notifications: self.inner.notify.count(),
             null_bytes_sent: c.null_bytes_sent.load(Ordering::Relaxed),
             null_bytes_received: c.null_bytes_received.load(Ordering::Relaxed),
+            waits_woken: self.inner.dispatcher.woken(),
         }
     }
 

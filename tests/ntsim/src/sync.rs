@@ -3,8 +3,9 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use wsktls_nt::{
@@ -14,38 +15,145 @@ use wsktls_nt::{
 };
 
 use crate::irql::{current_irql, require_apc, require_dispatch, require_passive, set_irql};
-use crate::kernel::{current, lock, wait};
+use crate::kernel::{current, lock};
 use crate::verifier::{Rule, report};
 
-/// The dispatcher lock: every signal and wait goes through it, as in the real kernel.
+/// The dispatcher lock and the waits in progress. As in the real kernel, where each
+/// dispatcher object heads its own list of wait blocks, a signal wakes the threads waiting
+/// on the object signalled and no other: one of them for a synchronization object (the
+/// signal is handed to it), all of them for a notification object.
 #[derive(Default)]
 pub(crate) struct Dispatcher {
-    lock: Mutex<()>,
-    changed: Condvar,
+    /// The waits in progress, oldest first: (object address, waiter). A handful at most,
+    /// so a list (that keeps its capacity: no allocation per wait) beats a map.
+    waiting: Mutex<Vec<(usize, Arc<Waiter>)>>,
+    /// Threads a signal woke (Stats::waits_woken).
+    woken: AtomicU64,
 }
 
+/// One thread blocked in a dispatcher wait.
+struct Waiter {
+    thread: Thread,
+    /// Set, under the dispatcher lock, by the signal that took this waiter off the list: the
+    /// wait is satisfied.
+    satisfied: AtomicBool,
+}
+
+impl Waiter {
+    fn new() -> Waiter {
+        Waiter { thread: std::thread::current(), satisfied: AtomicBool::new(false) }
+    }
+}
+
+thread_local! {
+    /// This thread's waiter, reused by each of its waits (a thread waits on one object at
+    /// a time).
+    static WAITER: Arc<Waiter> = Arc::new(Waiter::new());
+}
+
+/// How many waiters of the signalled object a signal releases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// A synchronization object: the longest waiting thread.
+    One,
+    /// A notification object, or a rundown reference that reached zero: every waiter.
+    All,
+}
+
+/// A wait re-checks its condition this often even if no signal woke it (a lost wakeup
+/// delays a wait, never hangs it).
+const RECHECK: Duration = Duration::from_millis(100);
+
 impl Dispatcher {
-    pub(crate) fn notify(&self) {
-        let _g = lock(&self.lock);
-        self.changed.notify_all();
+    /// Under the dispatcher lock, `signal` puts `object` in the signalled state; then its
+    /// waiters are released as `release` says, and woken once the lock is dropped. For
+    /// `Release::One`, `consume` runs if a waiter is released: the signal goes to that
+    /// waiter and the object is reset. Returns what `signal` returned.
+    pub(crate) fn signal<R>(
+        &self,
+        object: usize,
+        release: Release,
+        signal: impl FnOnce() -> R,
+        consume: impl FnOnce(),
+    ) -> R {
+        let mut waiting = lock(&self.waiting);
+        let result = signal();
+        // Most signals release no waiter or one: no allocation for those.
+        let mut first: Option<Arc<Waiter>> = None;
+        let mut more: Vec<Arc<Waiter>> = Vec::new();
+        let mut i = 0;
+        while i < waiting.len() {
+            if waiting[i].0 != object {
+                i += 1;
+                continue;
+            }
+            let (_, w) = waiting.remove(i);
+            w.satisfied.store(true, Ordering::Relaxed);
+            match first {
+                None => first = Some(w),
+                Some(_) => more.push(w),
+            }
+            if release == Release::One {
+                consume();
+                break;
+            }
+        }
+        drop(waiting);
+        let n = usize::from(first.is_some()) + more.len();
+        if n > 0 {
+            self.woken.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        for w in first.into_iter().chain(more) {
+            w.thread.unpark();
+        }
+        result
     }
 
-    /// Waits until `ready` (evaluated under the dispatcher lock) or the deadline.
-    fn wait_until(&self, deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
-        let mut g = lock(&self.lock);
-        loop {
+    /// Waits on `object` until `ready` (evaluated under the dispatcher lock), a signal of
+    /// `object` releases this thread, or the deadline. True unless the deadline passed.
+    fn wait_until(&self, object: usize, deadline: Option<Instant>, mut ready: impl FnMut() -> bool) -> bool {
+        // A thread-local destroyed already (a wait from another thread-local's destructor)
+        // costs an allocation, nothing else.
+        let me = WAITER.try_with(Arc::clone).unwrap_or_else(|_| Arc::new(Waiter::new()));
+        let mut waiting = lock(&self.waiting);
+        let mut listed = false;
+        let satisfied = loop {
+            if listed && me.satisfied.load(Ordering::Relaxed) {
+                // A signal of `object` took this waiter off the list and handed it the signal.
+                listed = false;
+                break true;
+            }
             if ready() {
-                return true;
+                break true;
             }
             let step = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => return false,
+                    Some(left) if !left.is_zero() => left.min(RECHECK),
+                    _ => break false,
                 },
-                None => Duration::from_millis(100),
+                None => RECHECK,
             };
-            g = wait(&self.changed, g, step);
+            if !listed {
+                me.satisfied.store(false, Ordering::Relaxed);
+                waiting.push((object, Arc::clone(&me)));
+                listed = true;
+            }
+            drop(waiting);
+            // Returns early on an unpark meant for an earlier wait of this thread (or for
+            // some other parker in it): the loop re-checks.
+            std::thread::park_timeout(step);
+            waiting = lock(&self.waiting);
+        };
+        if listed {
+            if let Some(i) = waiting.iter().position(|(_, w)| Arc::ptr_eq(w, &me)) {
+                waiting.remove(i);
+            }
         }
+        satisfied
+    }
+
+    pub(crate) fn woken(&self) -> u64 {
+        self.woken.load(Ordering::Relaxed)
     }
 }
 
@@ -139,6 +247,24 @@ fn signal_state(event: *mut KEVENT) -> &'static AtomicI32 {
     unsafe { &*(std::ptr::addr_of_mut!((*event).Header.SignalState) as *const AtomicI32) }
 }
 
+/// Signals the event or timer at `object` (its `state`): releases one waiter, which takes
+/// the signal, for a synchronization object; every waiter for a notification object.
+/// Returns the previous state.
+pub(crate) fn signal_object(dispatcher: &Dispatcher, object: usize, state: &AtomicI32) -> i32 {
+    // SAFETY: the caller's live event or timer; both start with a DISPATCHER_HEADER.
+    let synchronization = matches!(
+        unsafe { (*(object as *const KEVENT)).Header.Type },
+        EventSynchronizationObject | TimerSynchronizationObject
+    );
+    let release = if synchronization { Release::One } else { Release::All };
+    dispatcher.signal(
+        object,
+        release,
+        || state.swap(1, Ordering::AcqRel),
+        || state.store(0, Ordering::Release),
+    )
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, state: BOOLEAN) {
     // SAFETY: the caller gives a writable KEVENT.
@@ -156,10 +282,7 @@ pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, s
 pub unsafe extern "system" fn KeSetEvent(event: *mut KEVENT, _increment: KPRIORITY, _wait: BOOLEAN) -> i32 {
     let k = current();
     require_dispatch("KeSetEvent");
-    let _g = lock(&k.dispatcher.lock);
-    let previous = signal_state(event).swap(1, Ordering::AcqRel);
-    k.dispatcher.changed.notify_all();
-    previous
+    signal_object(&k.dispatcher, event as usize, signal_state(event))
 }
 
 #[unsafe(no_mangle)]
@@ -216,7 +339,7 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
         Instant::now() + Duration::from_nanos(t.unsigned_abs().saturating_mul(100))
     });
     let state = signal_state(event);
-    let satisfied = k.dispatcher.wait_until(deadline, || {
+    let satisfied = k.dispatcher.wait_until(object as usize, deadline, || {
         if synchronization {
             state.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
         } else {
@@ -272,7 +395,10 @@ pub unsafe extern "system" fn ExReleaseRundownProtection(r: *mut EX_RUNDOWN_REF)
     require_dispatch("ExReleaseRundownProtection");
     let after = rundown(r).fetch_sub(RUNDOWN_COUNT_INC, Ordering::AcqRel) - RUNDOWN_COUNT_INC;
     if after == RUNDOWN_ACTIVE {
-        k.dispatcher.notify();
+        // The last reference of a rundown in progress: release its waiter. A wait that
+        // checked the count before the decrement is on the list by now (it checks and
+        // joins the list under the dispatcher lock); one that checks after sees zero.
+        k.dispatcher.signal(r as usize, Release::All, || {}, || {});
     }
 }
 
@@ -284,5 +410,5 @@ pub unsafe extern "system" fn ExWaitForRundownProtectionRelease(r: *mut EX_RUNDO
     }
     let c = rundown(r);
     c.fetch_or(RUNDOWN_ACTIVE, Ordering::AcqRel);
-    k.dispatcher.wait_until(None, || c.load(Ordering::Acquire) == RUNDOWN_ACTIVE);
+    k.dispatcher.wait_until(r as usize, None, || c.load(Ordering::Acquire) == RUNDOWN_ACTIVE);
 }

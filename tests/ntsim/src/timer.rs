@@ -106,9 +106,10 @@ fn signal_state(timer: *mut KTIMER) -> &'static AtomicI32 {
     unsafe { &*(std::ptr::addr_of_mut!((*timer).Header.SignalState) as *const AtomicI32) }
 }
 
+/// The timer expired: it is signalled, and releases its waiters (one, which takes the
+/// signal, for a synchronization timer; all for a notification timer).
 fn signal(timer: *mut KTIMER, k: &KernelInner) {
-    signal_state(timer).store(1, Ordering::Release);
-    k.dispatcher.notify();
+    crate::sync::signal_object(&k.dispatcher, timer as usize, signal_state(timer));
 }
 
 #[unsafe(no_mangle)]

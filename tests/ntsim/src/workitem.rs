@@ -49,6 +49,8 @@ struct State {
 #[derive(Default)]
 pub(crate) struct WorkItems {
     state: Mutex<State>,
+    /// Where idle workers sleep: signalled once per item queued, and at shutdown. Nothing
+    /// else waits on it (nothing waits for items to finish).
     changed: Condvar,
 }
 
@@ -84,12 +86,12 @@ impl WorkItems {
             if let Some(e) = st.live.get_mut(&q.item) {
                 e.running = e.running.saturating_sub(1);
             }
-            self.changed.notify_all();
         }
     }
 
     pub(crate) fn stop(&self) {
         lock(&self.state).stopping = true;
+        // Every worker: each finishes the queue, then stops.
         self.changed.notify_all();
     }
 
@@ -160,7 +162,10 @@ pub unsafe extern "system" fn IoQueueWorkItem(
             let referenced = k.devices.reference(device as *mut DEVICE_OBJECT, "IoQueueWorkItem");
             let q = Queued { item: item as usize, routine, context: context as usize, referenced };
             lock(&k.work.state).queue.push_back(q);
-            k.work.changed.notify_all();
+            // One worker per item, as the kernel's work queues release one thread per
+            // item: a worker checks the queue before it sleeps, so a busy one takes the
+            // item if no idle one is woken.
+            k.work.changed.notify_one();
         }
     }
 }
