@@ -89,26 +89,54 @@ fn waits_woken(kernel: &Kernel) -> u64 {
     kernel.stats().waits_woken
 }
 
-/// A thread waiting on the object at `object` (at most `timeout_ms`, or forever), with
-/// its Linux thread id once it is about to wait.
+/// Boots a kernel for one test (one test at a time), runs `test` inside it, and checks
+/// the kernel's state at the end.
+fn in_kernel(test: impl FnOnce(&Kernel)) {
+    let _one = one_at_a_time();
+    let kernel = Kernel::boot();
+    {
+        let _in = kernel.enter();
+        test(&kernel);
+    }
+    kernel.finish();
+}
+
+/// A thread blocked in a wait, with its Linux thread id.
 struct Waiter {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     tid: u32,
     thread: JoinHandle<NTSTATUS>,
 }
 
-fn wait_on(kernel: &Kernel, object: usize, timeout_ms: Option<u32>) -> Waiter {
+/// Runs `wait` on a kernel thread and returns once that thread is blocked in it.
+fn spawn_waiter(kernel: &Kernel, wait: impl FnOnce() -> NTSTATUS + Send + 'static) -> Waiter {
     let (tx, rx) = mpsc::channel();
     let thread = kernel.spawn(move || {
         tx.send(this_tid()).unwrap();
-        let timeout = timeout_ms.map(relative_timeout_ms);
-        let timeout = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        // SAFETY: the test keeps the object alive until this thread is joined.
-        unsafe { KeWaitForSingleObject(object as *mut c_void, Executive, KernelMode, FALSE, timeout) }
+        wait()
     });
     let tid = rx.recv().unwrap();
     until_asleep(tid);
     Waiter { tid, thread }
+}
+
+/// A thread waiting on the object at `object` (at most `timeout_ms`, or forever).
+fn wait_on(kernel: &Kernel, object: usize, timeout_ms: Option<u32>) -> Waiter {
+    spawn_waiter(kernel, move || {
+        let timeout = timeout_ms.map(relative_timeout_ms);
+        let timeout = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: the test keeps the object alive until this thread is joined.
+        unsafe { KeWaitForSingleObject(object as *mut c_void, Executive, KernelMode, FALSE, timeout) }
+    })
+}
+
+/// A thread waiting for the rundown at `rundown` to complete.
+fn wait_for_rundown(kernel: &Kernel, rundown: usize) -> Waiter {
+    spawn_waiter(kernel, move || {
+        // SAFETY: the test keeps the reference alive until this thread is joined.
+        unsafe { ExWaitForRundownProtectionRelease(rundown as *mut EX_RUNDOWN_REF) };
+        STATUS_SUCCESS
+    })
 }
 
 impl Waiter {
@@ -197,14 +225,11 @@ const SLACK: u64 = 10;
 #[cfg(target_os = "linux")]
 #[test]
 fn a_wait_on_one_event_sleeps_through_every_signal_of_another() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let (a, b) = (event(NotificationEvent), event(NotificationEvent));
-        let waiter = wait_on(&kernel, a.addr(), None);
+        let waiter = wait_on(kernel, a.addr(), None);
         let before = sleeps(waiter.tid);
-        let woken_before = waits_woken(&kernel);
+        let woken_before = waits_woken(kernel);
         for _ in 0..OTHER_SIGNALS {
             set(&b);
             // SAFETY: as for `set`.
@@ -217,21 +242,17 @@ fn a_wait_on_one_event_sleeps_through_every_signal_of_another() {
             woken <= SLACK,
             "the thread waiting on A woke {woken} times while B was set {OTHER_SIGNALS} times"
         );
-        assert_eq!(waits_woken(&kernel), woken_before, "a signal of B woke a thread");
+        assert_eq!(waits_woken(kernel), woken_before, "a signal of B woke a thread");
         set(&a);
         assert_eq!(waiter.join(), STATUS_SUCCESS);
-        assert_eq!(waits_woken(&kernel), woken_before + 1);
-    }
-    kernel.finish();
+        assert_eq!(waits_woken(kernel), woken_before + 1);
+    });
 }
 
 #[cfg(target_os = "linux")]
 #[test]
 fn a_rundown_wait_sleeps_through_signals_of_events() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let r: Object<EX_RUNDOWN_REF> = Object::zeroed();
         // SAFETY: our own storage, at its final address; one reference taken.
         unsafe {
@@ -239,110 +260,86 @@ fn a_rundown_wait_sleeps_through_signals_of_events() {
             assert_eq!(ExAcquireRundownProtection(r.ptr()), 1);
         }
         let e = event(SynchronizationEvent);
-        let (tx, rx) = mpsc::channel();
-        let addr = r.addr();
-        let waiter = kernel.spawn(move || {
-            tx.send(this_tid()).unwrap();
-            // SAFETY: the test keeps the reference alive until this thread is joined.
-            unsafe { ExWaitForRundownProtectionRelease(addr as *mut EX_RUNDOWN_REF) };
-        });
-        let tid = rx.recv().unwrap();
-        until_asleep(tid);
-        let before = sleeps(tid);
-        let woken_before = waits_woken(&kernel);
+        let waiter = wait_for_rundown(kernel, r.addr());
+        let before = sleeps(waiter.tid);
+        let woken_before = waits_woken(kernel);
         for _ in 0..OTHER_SIGNALS {
             set(&e);
             thread::sleep(Duration::from_micros(200));
         }
-        let woken = sleeps(tid) - before;
-        assert_eq!(waits_woken(&kernel), woken_before, "a signal of an event woke a thread");
-        assert!(!waiter.is_finished(), "the rundown wait ended with a reference held");
+        let woken = sleeps(waiter.tid) - before;
+        assert_eq!(waits_woken(kernel), woken_before, "a signal of an event woke a thread");
+        assert!(!waiter.returned(), "the rundown wait ended with a reference held");
         assert!(
             woken <= SLACK,
             "the rundown waiter woke {woken} times while an event was set {OTHER_SIGNALS} times"
         );
         // SAFETY: the reference taken above.
         unsafe { ExReleaseRundownProtection(r.ptr()) };
-        waiter.join().unwrap();
-    }
-    kernel.finish();
+        assert_eq!(waiter.join(), STATUS_SUCCESS);
+    });
 }
 
 #[test]
 fn a_synchronization_event_set_once_releases_exactly_one_of_two_waiters() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let e = event(SynchronizationEvent);
         let mut waiters =
-            vec![wait_on(&kernel, e.addr(), Some(10_000)), wait_on(&kernel, e.addr(), Some(10_000))];
-        let woken_before = waits_woken(&kernel);
+            vec![wait_on(kernel, e.addr(), Some(10_000)), wait_on(kernel, e.addr(), Some(10_000))];
+        let woken_before = waits_woken(kernel);
         set(&e);
         assert_eq!(first_to_return(&mut waiters), STATUS_SUCCESS);
         thread::sleep(Duration::from_millis(200));
         assert!(!waiters[0].returned(), "one set of a synchronization event released both waiters");
         assert_eq!(state(&e), 0, "the released waiter did not consume the signal");
         assert_eq!(
-            waits_woken(&kernel),
+            waits_woken(kernel),
             woken_before + 1,
             "one set of a synchronization event woke both waiters"
         );
         set(&e);
         assert_eq!(waiters.remove(0).join(), STATUS_SUCCESS);
         assert_eq!(state(&e), 0);
-        assert_eq!(waits_woken(&kernel), woken_before + 2);
-    }
-    kernel.finish();
+        assert_eq!(waits_woken(kernel), woken_before + 2);
+    });
 }
 
 #[test]
 fn a_notification_event_releases_every_waiter_and_stays_signalled() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let e = event(NotificationEvent);
-        let waiters: Vec<Waiter> = (0..3).map(|_| wait_on(&kernel, e.addr(), Some(10_000))).collect();
-        let woken_before = waits_woken(&kernel);
+        let waiters: Vec<Waiter> = (0..3).map(|_| wait_on(kernel, e.addr(), Some(10_000))).collect();
+        let woken_before = waits_woken(kernel);
         set(&e);
         for w in waiters {
             assert_eq!(w.join(), STATUS_SUCCESS);
         }
         assert_eq!(state(&e), 1);
-        assert_eq!(waits_woken(&kernel), woken_before + 3);
-    }
-    kernel.finish();
+        assert_eq!(waits_woken(kernel), woken_before + 3);
+    });
 }
 
 #[test]
 fn a_set_satisfies_the_waits_in_progress_even_if_the_event_is_reset_at_once() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let e = event(NotificationEvent);
-        let waiters: Vec<Waiter> = (0..2).map(|_| wait_on(&kernel, e.addr(), Some(2_000))).collect();
+        let waiters: Vec<Waiter> = (0..2).map(|_| wait_on(kernel, e.addr(), Some(2_000))).collect();
         set(&e);
         // SAFETY: as for `set`.
         assert_eq!(unsafe { KeResetEvent(e.ptr()) }, 1);
         for w in waiters {
             assert_eq!(w.join(), STATUS_SUCCESS, "a wait in progress when the event was set timed out");
         }
-    }
-    kernel.finish();
+    });
 }
 
 #[test]
 fn a_timed_wait_times_out_while_other_events_are_set() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let (a, b) = (event(SynchronizationEvent), event(NotificationEvent));
         let started = Instant::now();
         // Longer than the waits' 100 ms re-check, which must not end the wait early.
-        let waiter = wait_on(&kernel, a.addr(), Some(250));
+        let waiter = wait_on(kernel, a.addr(), Some(250));
         while !waiter.returned() && started.elapsed() < WAIT {
             set(&b);
             thread::sleep(Duration::from_millis(1));
@@ -360,16 +357,12 @@ fn a_timed_wait_times_out_while_other_events_are_set() {
         let polled = unsafe { KeWaitForSingleObject(a.ptr().cast(), Executive, KernelMode, FALSE, &zero) };
         assert_eq!(polled, STATUS_SUCCESS);
         assert_eq!(state(&a), 0, "a satisfied wait on a synchronization event resets it");
-    }
-    kernel.finish();
+    });
 }
 
 #[test]
 fn a_rundown_wait_ends_when_the_last_reference_goes() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let r: Object<EX_RUNDOWN_REF> = Object::zeroed();
         // SAFETY: our own storage, at its final address; two references taken.
         unsafe {
@@ -377,64 +370,43 @@ fn a_rundown_wait_ends_when_the_last_reference_goes() {
             assert_eq!(ExAcquireRundownProtection(r.ptr()), 1);
             assert_eq!(ExAcquireRundownProtection(r.ptr()), 1);
         }
-        let (tx, rx) = mpsc::channel();
-        let addr = r.addr();
-        let waiter = kernel.spawn(move || {
-            tx.send(this_tid()).unwrap();
-            // SAFETY: the test keeps the reference alive until this thread is joined.
-            unsafe { ExWaitForRundownProtectionRelease(addr as *mut EX_RUNDOWN_REF) };
-        });
-        until_asleep(rx.recv().unwrap());
+        let waiter = wait_for_rundown(kernel, r.addr());
         // SAFETY: rundown has begun: no new reference.
         assert_eq!(unsafe { ExAcquireRundownProtection(r.ptr()) }, 0);
         // SAFETY: the first of the two references taken above.
         unsafe { ExReleaseRundownProtection(r.ptr()) };
         thread::sleep(Duration::from_millis(150));
-        assert!(!waiter.is_finished(), "the rundown wait ended with a reference held");
-        let woken_before = waits_woken(&kernel);
+        assert!(!waiter.returned(), "the rundown wait ended with a reference held");
+        let woken_before = waits_woken(kernel);
         // SAFETY: the last reference.
         unsafe { ExReleaseRundownProtection(r.ptr()) };
-        let deadline = Instant::now() + WAIT;
-        while !waiter.is_finished() {
-            assert!(Instant::now() < deadline, "the rundown wait did not end in {WAIT:?}");
-            thread::sleep(Duration::from_millis(1));
-        }
-        waiter.join().unwrap();
-        assert_eq!(
-            waits_woken(&kernel),
-            woken_before + 1,
-            "the last reference going did not wake the waiter"
-        );
-    }
-    kernel.finish();
+        assert_eq!(waiter.join(), STATUS_SUCCESS);
+        assert_eq!(waits_woken(kernel), woken_before + 1, "the last reference going did not wake the waiter");
+    });
 }
 
 #[test]
 fn a_notification_timer_releases_every_waiter_and_a_synchronization_timer_one() {
-    let _one = one_at_a_time();
-    let kernel = Kernel::boot();
-    {
-        let _in = kernel.enter();
+    in_kernel(|kernel| {
         let n = timer(NotificationTimer);
-        let waiters: Vec<Waiter> = (0..2).map(|_| wait_on(&kernel, n.addr(), Some(10_000))).collect();
-        let woken_before = waits_woken(&kernel);
+        let waiters: Vec<Waiter> = (0..2).map(|_| wait_on(kernel, n.addr(), Some(10_000))).collect();
+        let woken_before = waits_woken(kernel);
         // SAFETY: an initialised timer that outlives its expiry; no DPC.
         unsafe { KeSetTimer(n.ptr(), relative_timeout_ms(20), std::ptr::null_mut()) };
         for w in waiters {
             assert_eq!(w.join(), STATUS_SUCCESS);
         }
-        assert_eq!(waits_woken(&kernel), woken_before + 2);
+        assert_eq!(waits_woken(kernel), woken_before + 2);
 
         let s = timer(SynchronizationTimer);
-        let mut waiters: Vec<Waiter> = (0..2).map(|_| wait_on(&kernel, s.addr(), Some(1_000))).collect();
-        let woken_before = waits_woken(&kernel);
+        let mut waiters: Vec<Waiter> = (0..2).map(|_| wait_on(kernel, s.addr(), Some(1_000))).collect();
+        let woken_before = waits_woken(kernel);
         // SAFETY: as above.
         unsafe { KeSetTimer(s.ptr(), relative_timeout_ms(20), std::ptr::null_mut()) };
         assert_eq!(first_to_return(&mut waiters), STATUS_SUCCESS);
         assert_eq!(waiters.remove(0).join(), STATUS_TIMEOUT, "a synchronization timer released two waiters");
-        assert_eq!(waits_woken(&kernel), woken_before + 1);
-    }
-    kernel.finish();
+        assert_eq!(waits_woken(kernel), woken_before + 1);
+    });
 }
 
 /// One work item at a time: each wakes one system worker.
@@ -468,10 +440,7 @@ mod system_workers {
 
     #[test]
     fn a_queued_work_item_wakes_one_system_worker() {
-        let _one = one_at_a_time();
-        let kernel = Kernel::boot();
-        {
-            let _in = kernel.enter();
+        in_kernel(|_| {
             // A thread names itself once it runs: wait for all four.
             let deadline = Instant::now() + WAIT;
             let workers = loop {
@@ -515,7 +484,6 @@ mod system_workers {
                 woken <= ITEMS * 2 + SLACK,
                 "{ITEMS} work items run one at a time woke the system workers {woken} times"
             );
-        }
-        kernel.finish();
+        });
     }
 }
