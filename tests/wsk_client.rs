@@ -18,7 +18,7 @@ use ntsim::{Config, Faults, Kernel, Rule};
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_REFUSED, STATUS_CONNECTION_RESET,
     STATUS_DEVICE_NOT_READY, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_SUCCESS, WSK_BUF,
-    WSK_INFINITE_WAIT,
+    WSK_FLAG_NODELAY, WSK_INFINITE_WAIT,
 };
 use wsktls::wsk::{Completion, Request, WskClient};
 
@@ -376,5 +376,44 @@ fn throttled_send_to_a_peer_that_reads_nothing_stays_pending_until_the_peer_read
         assert!(got.iter().enumerate().all(|(pos, &b)| b == pattern(pos as u64)), "and in order");
         socket.close();
     });
+    kernel.finish();
+}
+
+/// Sends with and without WSK_FLAG_NODELAY, each waited for, and reads Nagle's state off
+/// the TCP socket after each.
+fn nagle_follows_each_sends_flag(kernel: &Kernel) {
+    let server = EchoServer::start("127.0.0.1");
+    with_connection(kernel, &server, |socket| {
+        assert_eq!(kernel.nagle(server.addr), [true], "Nagle is on, as on Windows, until a send asks");
+        let buffer = PoolBuffer::new(100, TAG_TEST).expect("buffer");
+        let (tx, rx) = mpsc::channel();
+        let request = common::request(0, &tx);
+        for (flags, nagle) in
+            [(WSK_FLAG_NODELAY, false), (WSK_FLAG_NODELAY, false), (0, true), (WSK_FLAG_NODELAY, false)]
+        {
+            // SAFETY: our buffer and its MDL, left alone until the send completes.
+            unsafe { request.send(&socket, WSK_BUF { Mdl: buffer.mdl(), Offset: 0, Length: 100 }, flags) }
+                .expect("issued");
+            let done = rx.recv_timeout(STALL).expect("the send completes");
+            assert_eq!((done.status, done.bytes), (STATUS_SUCCESS, 100));
+            assert_eq!(kernel.nagle(server.addr), [nagle], "after a send with flags {flags:#x}");
+        }
+        socket.close();
+    });
+}
+
+#[test]
+fn wsk_flag_nodelay_turns_nagle_off_for_its_send_and_a_send_without_it_turns_it_back_on() {
+    let kernel = Kernel::boot();
+    nagle_follows_each_sends_flag(&kernel);
+    assert!(kernel.stats().sends_inline >= 4, "{:?}", kernel.stats());
+    kernel.finish();
+}
+
+#[test]
+fn a_pended_send_keeps_its_wsk_flag_nodelay_until_the_provider_writes_it() {
+    let kernel = booted(Faults { pend_every_send: true, ..Faults::default() });
+    nagle_follows_each_sends_flag(&kernel);
+    assert!(kernel.stats().sends_pended >= 4, "{:?}", kernel.stats());
     kernel.finish();
 }

@@ -390,6 +390,12 @@ impl Kernel {
         self.inner.wsk.null_ready(remote);
     }
 
+    /// For each connected TCP socket to `remote`, whether Nagle's algorithm is on: a send
+    /// with WSK_FLAG_NODELAY turns it off for its bytes, one without turns it back on.
+    pub fn nagle(&self, remote: SocketAddr) -> Vec<bool> {
+        self.inner.wsk.nagle(remote)
+    }
+
     /// The reports recorded so far, removed so that dropping the kernel does not fail.
     pub fn take_reports(&self) -> Vec<Report> {
         std::mem::take(&mut *lock(&self.inner.reports))

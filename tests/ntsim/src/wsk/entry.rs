@@ -178,6 +178,7 @@ pub(super) struct Request {
     pub(super) irp: *mut IRP,
     pub(super) buf: WSK_BUF,
     pub(super) waitall: bool,
+    pub(super) nodelay: bool,
     pub(super) what: &'static str,
 }
 
@@ -227,7 +228,8 @@ unsafe fn transfer(
     // SAFETY: the caller's WSK_BUF, read once here as the provider does.
     let buf = unsafe { *buf };
     let waitall = flags & WSK_FLAG_WAITALL != 0 && d.allowed_flags & WSK_FLAG_WAITALL != 0;
-    let req = Request { irp, buf, waitall, what };
+    let nodelay = flags & WSK_FLAG_NODELAY != 0 && d.allowed_flags & WSK_FLAG_NODELAY != 0;
+    let req = Request { irp, buf, waitall, nodelay, what };
     match s.feed() {
         Some(feed) => (d.null)(&k, &s, feed, req),
         None => over_tcp(&k, &s, req, d),
@@ -259,6 +261,7 @@ fn over_tcp(k: &KernelInner, s: &Socket, req: Request, d: &Direction) -> NTSTATU
         done: 0,
         total: req.buf.Length,
         waitall: req.waitall,
+        nodelay: req.nodelay,
         complete_at: None,
     };
     (d.stream)(s, st, op)
@@ -288,8 +291,9 @@ fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -
         && faults.completion_delay.is_none()
         && st.sends.is_empty()
     {
-        if let Some(stream) = st.stream.as_ref() {
-            match write_some(stream, &op, op.total) {
+        let state = &mut *st;
+        if let Some(stream) = state.stream.as_ref() {
+            match write_some(stream, &mut state.nodelay, &op, op.total) {
                 Ok(n) => {
                     op.done = n;
                     st.wrote(&k, n, &mut done);

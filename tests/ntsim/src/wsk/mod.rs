@@ -12,6 +12,7 @@ mod socket;
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,6 +108,18 @@ impl Provider {
 
     pub(crate) fn sockets_open(&self) -> usize {
         lock(&self.sockets).len()
+    }
+
+    fn sockets_to(&self, remote: SocketAddr) -> Vec<Arc<Socket>> {
+        lock(&self.sockets).values().filter(|s| s.remote == remote).cloned().collect()
+    }
+
+    /// For each connected TCP socket to `remote`: whether Nagle's algorithm is on, as the
+    /// stream itself says (TCP_NODELAY read back, not the provider's note of it).
+    pub(crate) fn nagle(&self, remote: SocketAddr) -> Vec<bool> {
+        let sockets = self.sockets_to(remote);
+        let states = sockets.iter().map(|s| lock(&s.state));
+        states.filter_map(|st| st.stream.as_ref().and_then(|t| t.nodelay().ok()).map(|off| !off)).collect()
     }
 
     /// Asks the provider thread to drive `socket` soon.

@@ -64,10 +64,6 @@ impl Provider {
         }
     }
 
-    fn sockets_to(&self, remote: SocketAddr) -> Vec<Arc<Socket>> {
-        lock(&self.sockets).values().filter(|s| s.remote == remote).cloned().collect()
-    }
-
     /// From now on the provider neither reads nor writes the socket's TCP stream; it stays
     /// open (whatever the peer does with it) until the socket closes.
     fn switch(&self, s: &Socket, feed: &Arc<Feed>) -> bool {
@@ -175,6 +171,7 @@ fn queue(k: &KernelInner, s: &Socket, req: &Request, got: usize) -> Result<(), N
         done: got,
         total: req.buf.Length,
         waitall: req.waitall,
+        nodelay: req.nodelay,
         complete_at: None,
     };
     st.receives.push_back(op);

@@ -44,6 +44,8 @@ pub(super) struct Op {
     pub(super) done: usize,
     pub(super) total: usize,
     pub(super) waitall: bool,
+    /// A send with WSK_FLAG_NODELAY: Nagle's algorithm must not hold its bytes back.
+    pub(super) nodelay: bool,
     /// Set once the op may complete; it completes when this time has passed.
     pub(super) complete_at: Option<Instant>,
 }
@@ -60,6 +62,8 @@ pub(super) struct State {
     pub(super) bytes_sent: u64,
     pub(super) eof: bool,
     pub(super) write_shut: bool,
+    /// TCP_NODELAY as last set on the stream (off, Windows's default, until a send asks).
+    pub(super) nodelay: bool,
 }
 
 /// The provider's socket object. `wsk` comes first: the client's PWSK_SOCKET points at it.
@@ -113,6 +117,7 @@ impl Socket {
                 bytes_sent: 0,
                 eof: false,
                 write_shut: false,
+                nodelay: false,
             }),
         }
     }
@@ -257,7 +262,19 @@ fn window(segments: &[Segment], mut skip: usize, mut limit: usize) -> Vec<(usize
 }
 
 /// Writes up to `limit` more bytes of `op` to TCP.
-pub(super) fn write_some(stream: &mio::net::TcpStream, op: &Op, limit: usize) -> io::Result<usize> {
+/// `nodelay` is the stream's TCP_NODELAY as last set: WSK_FLAG_NODELAY applies to one send,
+/// Linux's option to the socket, so it is switched whenever a send asks for the other
+/// setting (switching it on pushes whatever Nagle held, as the flag would).
+pub(super) fn write_some(
+    stream: &mio::net::TcpStream,
+    nodelay: &mut bool,
+    op: &Op,
+    limit: usize,
+) -> io::Result<usize> {
+    if *nodelay != op.nodelay {
+        stream.set_nodelay(op.nodelay)?;
+        *nodelay = op.nodelay;
+    }
     let runs = window(&op.segments, op.done, limit);
     // SAFETY: the runs lie in live pool that an in-flight IRP carries (checked when the
     // request was submitted; freeing it while in flight is a verifier report that keeps
@@ -415,7 +432,7 @@ fn pump_sends(k: &KernelInner, st: &mut State, now: Instant, wake: &impl Wake, d
             let Some(stream) = st.stream.as_ref() else {
                 return;
             };
-            match write_some(stream, op, limit) {
+            match write_some(stream, &mut st.nodelay, op, limit) {
                 Ok(n) => {
                     if let Some(op) = st.sends.front_mut() {
                         op.done += n;
