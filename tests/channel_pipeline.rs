@@ -18,7 +18,7 @@ use wsktls::channel::{Channel, State};
 use wsktls::interface;
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED,
-    STATUS_INVALID_DEVICE_STATE, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_WAITALL,
+    STATUS_INVALID_DEVICE_STATE, STATUS_PENDING, STATUS_SUCCESS, WSK_BUF, WSK_FLAG_NODELAY, WSK_FLAG_WAITALL,
 };
 use wsktls::wsk::PREFILLED;
 
@@ -51,9 +51,9 @@ impl One {
         unsafe { interface::receive(channel, &self.buf(), flags, self.irp.arm()) }
     }
 
-    fn send(&self, channel: &Channel) -> NTSTATUS {
+    fn send(&self, channel: &Channel, flags: u32) -> NTSTATUS {
         // SAFETY: as above.
-        unsafe { interface::send(channel, &self.buf(), 0, self.irp.arm()) }
+        unsafe { interface::send(channel, &self.buf(), flags, self.irp.arm()) }
     }
 }
 
@@ -215,14 +215,18 @@ fn after_close_notify_both_ways_receives_complete_with_zero_bytes_and_sends_are_
         let channel = Channel::connect(&client, &channel_config(echo.addr(), "localhost")).expect("connect");
         let (tx, rx) = mpsc::channel();
         let send = One::new(0, &tx, 1000);
-        assert_eq!(send.send(&channel), STATUS_PENDING);
+        assert_eq!(send.send(&channel, 0), STATUS_PENDING);
         let receive = One::new(1, &tx, 1000);
         assert_eq!(receive.receive(&channel, WSK_FLAG_WAITALL), STATUS_PENDING);
         let mut got: Vec<Done> = (0..2).map(|_| rx.recv_timeout(STALL).expect("completion")).collect();
         got.sort_by_key(|d| d.id);
         assert!(got.iter().all(|d| d.status == STATUS_SUCCESS && d.bytes == 1000), "{got:?}");
         channel.disconnect(5_000).expect("disconnect");
-        assert_eq!(send.send(&channel), STATUS_INVALID_DEVICE_STATE, "nothing may follow our close_notify");
+        assert_eq!(
+            send.send(&channel, 0),
+            STATUS_INVALID_DEVICE_STATE,
+            "nothing may follow our close_notify"
+        );
         rx.recv_timeout(STALL).expect("the refused send completes too");
         // The peer answers with its own close_notify: the end of the stream, every time.
         for _ in 0..2 {
@@ -231,6 +235,30 @@ fn after_close_notify_both_ways_receives_complete_with_zero_bytes_and_sends_are_
             assert_eq!((d.status, d.bytes), (STATUS_SUCCESS, 0));
         }
         assert_eq!(channel.state(), State::Closed);
+        channel.close();
+    }
+    kernel.finish();
+}
+
+#[test]
+fn nagle_holds_back_no_flight_or_record_of_ours_and_follows_each_consumer_sends_wsk_flag_nodelay() {
+    let kernel = Kernel::boot();
+    let sink = peer(Mode::Sink);
+    {
+        let _in = kernel.enter();
+        let client = client();
+        let channel = Channel::connect(&client, &channel_config(sink.addr(), "localhost")).expect("connect");
+        assert_eq!(kernel.nagle(sink.addr()), [false], "the handshake's flights went with WSK_FLAG_NODELAY");
+        let (tx, rx) = mpsc::channel();
+        let send = One::new(0, &tx, 1000);
+        for (flags, nagle) in [(0, true), (WSK_FLAG_NODELAY, false), (0, true)] {
+            assert_eq!(send.send(&channel, flags), STATUS_PENDING);
+            let d = rx.recv_timeout(STALL).expect("completion");
+            assert_eq!((d.status, d.bytes), (STATUS_SUCCESS, 1000));
+            assert_eq!(kernel.nagle(sink.addr()), [nagle], "after a consumer send with flags {flags:#x}");
+        }
+        channel.disconnect(5_000).expect("disconnect");
+        assert_eq!(kernel.nagle(sink.addr()), [false], "our close_notify went with WSK_FLAG_NODELAY");
         channel.close();
     }
     kernel.finish();

@@ -336,9 +336,14 @@ impl Tx {
                 }
                 (buffers, used) = (buffers + 1, 0);
             }
+            // Our own records (KeyUpdate, close_notify; alerts below) go with
+            // WSK_FLAG_NODELAY: there may be no consumer send after them for Nagle's
+            // algorithm to wait for.
             let sealed = if need_key_update {
+                nodelay = true;
                 self.seal_control(used, ContentType::Handshake, &key_update(false))
             } else if send_close_notify {
+                nodelay = true;
                 self.seal_control(used, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
             } else {
                 self.seal_data(used, len).map(|(n, asked)| {
@@ -493,7 +498,7 @@ impl Tx {
         let n = sealed.ok().and_then(Result::ok).unwrap_or(0);
         self.held.set_last_len(n);
         self.in_flight_bytes += n;
-        self.issue(1, n, false, false)
+        self.issue(1, n, true, false)
     }
 }
 

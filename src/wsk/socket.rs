@@ -16,7 +16,8 @@ use crate::nt::{
     EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection, ExReleaseRundownProtection,
     ExWaitForRundownProtectionRelease, IPPROTO_TCP, IRP, NTSTATUS, PoolBox, SIO_WSK_QUERY_IDEAL_SEND_BACKLOG,
     SIZE_T, SOCK_STREAM, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_UNSUCCESSFUL,
-    WSK_BUF, WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_SOCKET, WinAddr, WskIoctl,
+    WSK_BUF, WSK_FLAG_NODELAY, WSK_PROVIDER_CONNECTION_DISPATCH, WSK_PROVIDER_NPI, WSK_SOCKET, WinAddr,
+    WskIoctl,
 };
 
 pub(crate) struct SocketCore {
@@ -172,7 +173,8 @@ impl Socket {
 
     /// One send or receive of `span`, waited for at PASSIVE_LEVEL, giving up (cancelling
     /// it, which leaves the stream unusable) after `timeout_ms`. Returns the bytes moved;
-    /// 0 from a receive means the peer closed.
+    /// 0 from a receive means the peer closed. A send goes with WSK_FLAG_NODELAY: its
+    /// caller waits for it, so nothing follows that Nagle's algorithm could add to it.
     ///
     /// # Safety
     /// The span's buffers stay valid for the call.
@@ -188,7 +190,7 @@ impl Socket {
         let outcome = irp.call_and_wait(Some(timeout_ms), |irp| {
             // SAFETY: per this function's contract; `buf` outlives the request because
             // call_and_wait returns only after its completion.
-            unsafe { self.core().transfer(send, buf_ptr, 0, irp) }
+            unsafe { self.core().transfer(send, buf_ptr, if send { WSK_FLAG_NODELAY } else { 0 }, irp) }
         })?;
         match outcome {
             Outcome { status, information, .. } if status.is_success() => Ok(information),
