@@ -2,14 +2,15 @@
 //! table. Its IRPs, buffers and MDLs are made once; it keeps `DEPTH` requests in flight,
 //! reusing each IRP once its completion has signalled; it never copies its data (the
 //! sample consumer copies every chunk into its own buffer, one request at a time, which
-//! would measure the sample, not wsktls).
+//! would measure the sample, not wsktls). Its sends carry WSK_FLAG_NODELAY, as the rustls
+//! client's socket has TCP_NODELAY: the two contenders run with Nagle's algorithm off.
 
 use std::sync::Arc;
 
 use wsktls::nt::{
     Event, FALSE, IRP, IoAllocateIrp, IoFreeIrp, IoReuseIrp, NTSTATUS, PoolBox, PoolBuffer,
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_SUPPORTED, STATUS_UNSUCCESSFUL, WSK_BUF, WSKTLS_CHANNEL,
-    pool_tag,
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_NOT_SUPPORTED, STATUS_UNSUCCESSFUL, WSK_BUF, WSK_FLAG_NODELAY,
+    WSKTLS_CHANNEL, pool_tag,
 };
 use wsktls_sample_consumer::{Binding, Session};
 
@@ -123,9 +124,9 @@ impl Pipe {
 
     fn issue(&mut self, i: usize, len: usize) -> Result<(), NTSTATUS> {
         let dispatch = self.binding.dispatch();
-        let call = match self.direction {
-            Direction::Send => dispatch.Send,
-            Direction::Receive => dispatch.Receive,
+        let (call, flags) = match self.direction {
+            Direction::Send => (dispatch.Send, WSK_FLAG_NODELAY),
+            Direction::Receive => (dispatch.Receive, 0),
         };
         let call = call.ok_or(STATUS_NOT_SUPPORTED)?;
         let slot = &mut self.slots[i];
@@ -139,7 +140,7 @@ impl Pipe {
         (slot.busy, slot.len) = (true, len);
         // SAFETY: the buffer's MDL describes locked pool that stays untouched until the
         // completion, which `wait` waits for; wsktls completes the IRP whatever it returns.
-        let _ = unsafe { call(self.channel, &mut buf, 0, slot.irp) };
+        let _ = unsafe { call(self.channel, &mut buf, flags, slot.irp) };
         Ok(())
     }
 
