@@ -24,7 +24,7 @@ use super::socket::{
 use crate::io::complete_in;
 use crate::irql::{require_dispatch, with_irql};
 use crate::kernel::{KernelInner, current, lock};
-use crate::mdl::describe;
+use crate::mdl::{Segment, describe};
 use crate::verifier::{Rule, report};
 
 /// Completes a request the provider took, on the caller's thread, and returns its status
@@ -182,6 +182,21 @@ pub(super) struct Request {
     pub(super) what: &'static str,
 }
 
+impl Request {
+    /// The request as the provider tracks it: over `segments`, with `done` bytes moved.
+    pub(super) fn op(&self, segments: Vec<Segment>, done: usize) -> Op {
+        Op {
+            irp: self.irp as usize,
+            segments,
+            done,
+            total: self.buf.Length,
+            waitall: self.waitall,
+            nodelay: self.nodelay,
+            complete_at: None,
+        }
+    }
+}
+
 /// How one direction handles a request: `stream` on a socket that moves bytes over TCP
 /// (given the connected socket's state and the request as an operation, it decides
 /// between finishing inline and pending), `null` on a null transport.
@@ -255,16 +270,7 @@ fn over_tcp(k: &KernelInner, s: &Socket, req: Request, d: &Direction) -> NTSTATU
         return (d.null)(k, s, feed, req);
     }
     k.mdls.mark_in_flight(irp, mdls, segments.clone());
-    let op = Op {
-        irp: irp as usize,
-        segments,
-        done: 0,
-        total: req.buf.Length,
-        waitall: req.waitall,
-        nodelay: req.nodelay,
-        complete_at: None,
-    };
-    (d.stream)(s, st, op)
+    (d.stream)(s, st, req.op(segments, 0))
 }
 
 pub(super) unsafe extern "system" fn WskSend(

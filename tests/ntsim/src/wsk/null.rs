@@ -20,7 +20,7 @@ use wsktls_nt::{NTSTATUS, STATUS_CANCELLED, STATUS_INVALID_DEVICE_STATE, STATUS_
 
 use super::Provider;
 use super::entry::{Request, finish_inline_in, make_pending};
-use super::socket::{Completion, Op, Phase, Socket, State};
+use super::socket::{Completion, Phase, Socket, State};
 use crate::kernel::{KernelInner, lock};
 use crate::mdl::{self, Segment};
 
@@ -165,16 +165,7 @@ fn queue(k: &KernelInner, s: &Socket, req: &Request, got: usize) -> Result<(), N
     if !unsafe { make_pending(irp) } {
         return Err(STATUS_CANCELLED);
     }
-    let op = Op {
-        irp: irp as usize,
-        segments,
-        done: got,
-        total: req.buf.Length,
-        waitall: req.waitall,
-        nodelay: req.nodelay,
-        complete_at: None,
-    };
-    st.receives.push_back(op);
+    st.receives.push_back(req.op(segments, got));
     Ok(())
 }
 
