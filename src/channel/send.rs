@@ -339,11 +339,10 @@ impl Tx {
             // Our own records (KeyUpdate, close_notify; alerts below) go with
             // WSK_FLAG_NODELAY: there may be no consumer send after them for Nagle's
             // algorithm to wait for.
+            nodelay |= need_key_update || send_close_notify;
             let sealed = if need_key_update {
-                nodelay = true;
                 self.seal_control(used, ContentType::Handshake, &key_update(false))
             } else if send_close_notify {
-                nodelay = true;
                 self.seal_control(used, ContentType::Alert, &alert(rustls::AlertDescription::CloseNotify))
             } else {
                 self.seal_data(used, len).map(|(n, asked)| {
