@@ -54,24 +54,14 @@ pub fn handshakes(binding: &Arc<Binding>, bench: &Bench, rows: &mut Vec<Row>) ->
                 .against("rustls client", percentile(&theirs, 99.0)),
         );
         let per_second = |xs: &[f64]| 1000.0 * xs.len() as f64 / xs.iter().sum::<f64>();
-        rows.push(
-            Row::new(
-                section,
-                format!("{label}: handshakes per second, one at a time"),
-                per_second(&ours),
-                "/s",
-            )
-            .against("rustls client", per_second(&theirs)),
+        let rate = Row::new(
+            section,
+            format!("{label}: handshakes per second, one at a time"),
+            per_second(&ours),
+            "/s",
         );
-        rows.push(
-            Row::new(
-                section,
-                format!("{label}: handshakes per second, one at a time"),
-                per_second(&ours),
-                "/s",
-            )
-            .against("openssl s_time", openssl),
-        );
+        rows.push(rate.clone().against("rustls client", per_second(&theirs)));
+        rows.push(rate.against("openssl s_time", openssl));
     }
     Ok(())
 }
