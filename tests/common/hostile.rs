@@ -295,6 +295,12 @@ impl Session {
     /// update its own key too ([`Session::read_record`] follows it when it does).
     pub fn send_key_update(&mut self, update_requested: bool) -> io::Result<()> {
         self.send_handshake(KEY_UPDATE, &[update_requested as u8])?;
+        self.switch_tx_key()
+    }
+
+    /// Moves our sending side to the next traffic key, as after sending a KeyUpdate (for
+    /// a test that seals its KeyUpdates itself, [`Session::seal`] then this).
+    pub fn switch_tx_key(&mut self) -> io::Result<()> {
         let (sequence, secrets) = self.keys.update_tx_secret().map_err(other)?;
         self.tx = Protection::new(secrets, sequence)?;
         Ok(())
