@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::io::{self, Write};
+use std::mem::ManuallyDrop;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
@@ -48,16 +50,37 @@ const AFTER: &[u8] = b"application data after the fault: never delivered";
 
 /// One consumer request on its own IRP, buffer (zeroed) and completion channel.
 struct Request {
-    irp: ConsumerIrp,
-    buffer: PoolBuffer,
+    irp: ManuallyDrop<ConsumerIrp>,
+    buffer: ManuallyDrop<PoolBuffer>,
     done: Receiver<Done>,
+    /// Seen completed: its IRP and buffer are the test's again.
+    completed: Cell<bool>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        // A test that failed may drop a request the channel still holds (the channel is
+        // dropped later): leak its IRP and buffer rather than free them under the driver.
+        if self.completed.get() || self.done.try_recv().is_ok() {
+            // SAFETY: dropped once, here; the driver is done with both.
+            unsafe {
+                ManuallyDrop::drop(&mut self.irp);
+                ManuallyDrop::drop(&mut self.buffer);
+            }
+        }
+    }
 }
 
 impl Request {
     fn new(len: usize) -> Request {
         let (tx, done) = mpsc::channel();
         let buffer = PoolBuffer::new(len, TAG_TEST).expect("buffer");
-        Request { irp: ConsumerIrp::new(0, &tx), buffer, done }
+        Request {
+            irp: ManuallyDrop::new(ConsumerIrp::new(0, &tx)),
+            buffer: ManuallyDrop::new(buffer),
+            done,
+            completed: Cell::new(false),
+        }
     }
 
     fn buf(&self) -> WSK_BUF {
@@ -99,11 +122,21 @@ impl Request {
     }
 
     fn wait(&self) -> Done {
-        self.done.recv_timeout(STALL).expect("the request completes")
+        let done = self.done.recv_timeout(STALL).expect("the request completes");
+        self.completed.set(true);
+        done
+    }
+
+    /// The completion, which must have happened already (close returns after it).
+    fn completed_already(&self) -> Done {
+        let done = self.done.try_recv().expect("completed before close returned");
+        self.completed.set(true);
+        done
     }
 
     fn assert_pending(&self, watch: Duration) {
         if let Ok(d) = self.done.recv_timeout(watch) {
+            self.completed.set(true);
             panic!("the request completed while it should pend: {d:?}");
         }
     }
@@ -623,7 +656,7 @@ fn a_peer_that_stalls_mid_record_delivers_nothing_and_disconnect_and_close_still
             // Close completes every receive still pending, with nothing of the half record.
             channel.close();
             for r in &receives {
-                let done = r.done.try_recv().expect("close returns after completing every request");
+                let done = r.completed_already();
                 assert_eq!((done.status, done.bytes), (STATUS_CANCELLED, 0));
                 assert!(r.untouched());
             }
@@ -653,7 +686,16 @@ fn throttled_kernel() -> Kernel {
     Kernel::boot_with(ntsim::Config { faults, ..ntsim::Config::default() })
 }
 
+/// A peer whose socket receive buffer is 4 KiB (its window a few KiB).
 const TINY_WINDOW: Options = Options { suite: None, receive_buffer: Some(4096) };
+
+/// The tiny-window tests send this much at once...
+const EACH: usize = 16 * 1024;
+
+/// ...and this send cannot go out while the peer does not read: 48 KiB and more is past a
+/// 4 KiB window and the throttled send buffer, but within the window of a peer with the
+/// default receive buffer (so the tests fail if the window is not tiny).
+const HELD: usize = 3;
 
 /// Issues sends of `count` × `each` bytes of the test pattern.
 fn pattern_sends(channel: &Channel, count: usize, each: usize) -> Vec<Request> {
@@ -669,16 +711,15 @@ fn pattern_sends(channel: &Channel, count: usize, each: usize) -> Vec<Request> {
 
 #[test]
 fn a_peer_with_a_tiny_window_that_reads_slowly_holds_sends_pending_and_gets_every_byte_in_order() {
-    const SENDS: usize = 8;
-    const EACH: usize = 64 * 1024;
+    const SENDS: usize = 16;
     with_peer_on(
         throttled_kernel(),
         TINY_WINDOW,
         |_| {},
         |channel, mut peer| {
             let sends = pattern_sends(&channel, SENDS, EACH);
-            // The peer does not read yet: the last send cannot have gone out.
-            sends[SENDS - 1].assert_pending(QUIET);
+            // The peer does not read yet: its window holds the sends back.
+            sends[HELD].assert_pending(QUIET);
             assert_eq!(channel.state(), State::Open);
 
             // Now it reads, slowly, a record at a time.
@@ -711,15 +752,14 @@ fn a_peer_with_a_tiny_window_that_reads_slowly_holds_sends_pending_and_gets_ever
 
 #[test]
 fn a_peer_with_a_tiny_window_that_stops_reading_times_disconnect_out_and_close_still_ends() {
-    const SENDS: usize = 4;
-    const EACH: usize = 256 * 1024;
+    const SENDS: usize = HELD + 1;
     with_peer_on(
         throttled_kernel(),
         TINY_WINDOW,
         |_| {},
         |channel, peer| {
             let sends = pattern_sends(&channel, SENDS, EACH);
-            sends[SENDS - 1].assert_pending(QUIET);
+            sends[HELD].assert_pending(QUIET);
 
             let start = Instant::now();
             assert_eq!(channel.disconnect(500), Err(STATUS_IO_TIMEOUT));
@@ -730,10 +770,9 @@ fn a_peer_with_a_tiny_window_that_stops_reading_times_disconnect_out_and_close_s
             let start = Instant::now();
             channel.close();
             assert!(start.elapsed() < PROMPT, "close took {:?}", start.elapsed());
-            let statuses: Vec<NTSTATUS> =
-                sends.iter().map(|s| s.done.try_recv().expect("completed by close").status).collect();
-            let last = statuses[SENDS - 1];
-            assert_eq!(last, STATUS_CANCELLED, "{statuses:?}");
+            let statuses: Vec<NTSTATUS> = sends.iter().map(|s| s.completed_already().status).collect();
+            assert!(statuses.iter().all(|&s| s == STATUS_SUCCESS || s == STATUS_CANCELLED), "{statuses:?}");
+            assert_eq!(statuses[SENDS - 1], STATUS_CANCELLED, "the send held back: {statuses:?}");
             drop(peer);
         },
     );
@@ -789,6 +828,26 @@ fn a_handshake_that_never_ends_fails_at_the_handshake_timeout() {
     let (status, took) = connect_fails(&kernel, peer.addr(), 500);
     assert_eq!(status, STATUS_IO_TIMEOUT);
     assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(2_500), "{took:?}");
+    let told = peer.result(STALL);
+    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
+    kernel.finish();
+}
+
+#[test]
+fn a_handshake_message_larger_than_the_receive_buffer_is_refused_before_the_timeout() {
+    let kernel = Kernel::boot();
+    let peer = HandshakePeer::start(|peer| {
+        // A ServerHello of 65,535 bytes, all at once: more than the 32 KiB the driver
+        // receives the handshake into.
+        let mut message = vec![SERVER_HELLO, 0, 0xff, 0xff];
+        message.resize(4 + 0xffff, 0x42);
+        let records =
+            message.chunks(MAX_FRAGMENT).map(|c| plaintext_record(HANDSHAKE, c)).collect::<Vec<_>>();
+        dribble(peer, records.into_iter(), Duration::ZERO)
+    });
+    let (status, took) = connect_fails(&kernel, peer.addr(), 3_000);
+    assert_eq!(status, SEC_E_ILLEGAL_MESSAGE);
+    assert!(took < Duration::from_millis(3_000), "refused by size, not by the timeout: {took:?}");
     let told = peer.result(STALL);
     assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
     kernel.finish();
