@@ -61,6 +61,10 @@ pub(crate) struct KernelInner {
     rng: Mutex<Rng>,
     reports: Mutex<Vec<Report>>,
     pub(crate) counters: Counters,
+    /// The allocation attempt `Kernel::fail_allocation` named (u64::MAX: none), and what
+    /// it was once it failed.
+    pub(crate) fail_at: AtomicU64,
+    pub(crate) injected: Mutex<Option<crate::faults::InjectedFailure>>,
 }
 
 /// Event counts a test can read back (how many sends pended, completions were split...).
@@ -80,6 +84,9 @@ pub(crate) struct Counters {
     pub(crate) stack_expansions: AtomicU64,
     /// Successful ExAllocatePool2, IoAllocateIrp and IoAllocateMdl calls.
     pub(crate) allocations: AtomicU64,
+    /// Every call that could have failed for want of memory (pool, IRP, MDL, work item,
+    /// device object, driver extension), whether it did or not.
+    pub(crate) allocation_attempts: AtomicU64,
     /// IRP_MJ_CREATEs sent to a driver (opens the security descriptor let through).
     pub(crate) creates_sent: AtomicU64,
     pub(crate) null_bytes_sent: AtomicU64,
@@ -112,6 +119,9 @@ pub struct Stats {
     /// Pool blocks, IRPs and MDLs allocated since boot (successful calls): a data path
     /// that allocates nothing leaves this unchanged.
     pub allocations: u64,
+    /// Calls that could have failed for want of memory (pool, IRP, MDL, work item, device
+    /// object, driver extension), failed or not: what [`Kernel::fail_allocation`] counts.
+    pub allocation_attempts: u64,
     /// DbgPrintEx calls (their newest messages: [`Kernel::debug_messages`]).
     pub debug_prints: u64,
     /// KeExpandKernelStackAndCallout calls that ran their callout (refused ones are not
@@ -296,6 +306,8 @@ impl Kernel {
             rng: Mutex::new(Rng::new(seed)),
             reports: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            fail_at: AtomicU64::new(u64::MAX),
+            injected: Mutex::new(None),
         });
         let k = Arc::clone(&inner);
         let reactor = thread::Builder::new()
@@ -396,6 +408,20 @@ impl Kernel {
         self.inner.wsk.nagle(remote)
     }
 
+    /// Makes allocation attempt number `attempt` fail (attempts are numbered from 0 at
+    /// boot, as `Stats::allocation_attempts` counts them), whatever its kind: the
+    /// low-resources sweep fails each allocation site of an operation in turn. One at a
+    /// time; a later call replaces an earlier one that has not happened yet.
+    pub fn fail_allocation(&self, attempt: u64) {
+        *lock(&self.inner.injected) = None;
+        self.inner.fail_at.store(attempt, Ordering::Relaxed);
+    }
+
+    /// The failure [`Kernel::fail_allocation`] asked for, once it has happened.
+    pub fn injected_failure(&self) -> Option<crate::faults::InjectedFailure> {
+        lock(&self.inner.injected).take()
+    }
+
     /// The reports recorded so far, removed so that dropping the kernel does not fail.
     pub fn take_reports(&self) -> Vec<Report> {
         std::mem::take(&mut *lock(&self.inner.reports))
@@ -422,6 +448,7 @@ impl Kernel {
             xstate_saves: c.xstate_saves.load(Ordering::Relaxed),
             xstate_restores: c.xstate_restores.load(Ordering::Relaxed),
             allocations: c.allocations.load(Ordering::Relaxed),
+            allocation_attempts: c.allocation_attempts.load(Ordering::Relaxed),
             debug_prints: c.debug_prints.load(Ordering::Relaxed),
             stack_expansions: c.stack_expansions.load(Ordering::Relaxed),
             devices: self.inner.devices.alive(),

@@ -56,7 +56,7 @@ mod wsk;
 mod xstate;
 
 pub use driver::{Driver, DriverEntry};
-pub use faults::{AllocKind, Faults};
+pub use faults::{AllocKind, Faults, InjectedFailure};
 pub use interface::guid_text;
 pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};

@@ -147,7 +147,7 @@ pub extern "system" fn ExAllocatePool2(flags: POOL_FLAGS, size: usize, tag: u32)
     if flags & POOL_FLAG_RAISE_ON_FAILURE != 0 {
         report(Rule::BadParameter, "POOL_FLAG_RAISE_ON_FAILURE: wsktls handles failures as values");
     }
-    if allocation_fails(AllocKind::Pool) {
+    if allocation_fails(AllocKind::Pool, Some(tag)) {
         return std::ptr::null_mut();
     }
     // SAFETY: the layout has a non-zero size.
