@@ -403,6 +403,18 @@ fn get_provider(
     request: Option<WSKTLS_PROVIDER_REQUEST>,
     out_len: u32,
 ) -> (NTSTATUS, WSKTLS_PROVIDER_NPI) {
+    get_provider_as(kernel, KernelMode, IRP_MJ_INTERNAL_DEVICE_CONTROL, code, request, out_len)
+}
+
+/// As [`get_provider`], in an IRP of `major` function whose requestor is `mode`.
+fn get_provider_as(
+    kernel: &Kernel,
+    mode: KPROCESSOR_MODE,
+    major: u8,
+    code: u32,
+    request: Option<WSKTLS_PROVIDER_REQUEST>,
+    out_len: u32,
+) -> (NTSTATUS, WSKTLS_PROVIDER_NPI) {
     let link = kernel.interfaces(&GUID_DEVINTERFACE_WSKTLS).pop().expect("the interface is enabled");
     let mut name: Vec<u16> = link.encode_utf16().collect();
     let mut name = UNICODE_STRING {
@@ -427,8 +439,9 @@ fn get_provider(
         );
         let (returned, completed) = call_with((*device).StackSize, |irp| {
             (*irp).UserBuffer = (&mut npi as *mut WSKTLS_PROVIDER_NPI).cast();
+            (*irp).RequestorMode = mode;
             let next = IoGetNextIrpStackLocation(irp);
-            (*next).MajorFunction = IRP_MJ_INTERNAL_DEVICE_CONTROL;
+            (*next).MajorFunction = major;
             (*next).FileObject = file;
             let control = &mut (*next).Parameters.DeviceIoControl;
             control.IoControlCode = code;
@@ -445,7 +458,7 @@ fn get_provider(
 }
 
 #[test]
-fn get_provider_checks_its_request() {
+fn get_provider_checks_its_request_and_answers_kernel_callers_only() {
     let kernel = Kernel::boot();
     let _in = kernel.enter();
     let (wsktls, device) = load_wsktls(&kernel, &[]);
@@ -488,6 +501,17 @@ fn get_provider_checks_its_request() {
     for (what, code, request, out_len, expected) in cases {
         assert_eq!(get_provider(&kernel, code, request, out_len).0, expected, "{what}");
     }
+    // The interface is for kernel callers only: the same request from user mode, or in
+    // the control IRP user mode can send, gets nothing.
+    let internal = IRP_MJ_INTERNAL_DEVICE_CONTROL;
+    let (status, npi) = get_provider_as(&kernel, UserMode, internal, code, Some(good), size);
+    assert_eq!((status, npi.Provider), (STATUS_ACCESS_DENIED, std::ptr::null_mut()), "from user mode");
+    let (status, npi) = get_provider_as(&kernel, UserMode, IRP_MJ_DEVICE_CONTROL, code, Some(good), size);
+    assert_eq!(
+        (status, npi.Provider),
+        (STATUS_INVALID_DEVICE_REQUEST, std::ptr::null_mut()),
+        "as IRP_MJ_DEVICE_CONTROL"
+    );
     kernel.remove_device(&device).expect("removal");
     kernel.unload_driver(wsktls, WAIT).expect("unload");
     drop(_in);
