@@ -65,6 +65,8 @@ pub(crate) struct KernelInner {
     /// it was once it failed.
     pub(crate) fail_at: AtomicU64,
     pub(crate) injected: Mutex<Option<crate::faults::InjectedFailure>>,
+    /// What freed pool must not hold (`Kernel::watch_secrets`).
+    pub(crate) secrets: Mutex<crate::secrets::Watch>,
 }
 
 /// Event counts a test can read back (how many sends pended, completions were split...).
@@ -308,6 +310,7 @@ impl Kernel {
             counters: Counters::default(),
             fail_at: AtomicU64::new(u64::MAX),
             injected: Mutex::new(None),
+            secrets: Mutex::default(),
         });
         let k = Arc::clone(&inner);
         let reactor = thread::Builder::new()
@@ -420,6 +423,28 @@ impl Kernel {
     /// The failure [`Kernel::fail_allocation`] asked for, once it has happened.
     pub fn injected_failure(&self) -> Option<crate::faults::InjectedFailure> {
         lock(&self.inner.injected).take()
+    }
+
+    /// From now on, pool blocks whose tag starts with `prefix` are copied as they are
+    /// freed, to be scanned by the next [`Kernel::watch_secrets`]: for what is freed
+    /// before the secrets are known (a handshake's).
+    pub fn keep_freed_pool(&self, prefix: &str) {
+        self.inner.keep_freed_pool(prefix);
+    }
+
+    /// From now on, a pool block whose tag starts with `prefix` that is freed holding one
+    /// of `needles` (label, bytes) is a verifier report (`Rule::SecretLeftBehind`): the
+    /// driver gave back memory with plaintext or a key still in it. The blocks kept since
+    /// [`Kernel::keep_freed_pool`] are checked first. Replaces any earlier watch; an
+    /// empty list stops watching.
+    pub fn watch_secrets(&self, prefix: &str, needles: Vec<(String, Vec<u8>)>) {
+        self.inner.watch_secrets(prefix, needles);
+    }
+
+    /// The live pool blocks of the watched tags that hold a watched secret, as `(tag,
+    /// size, label)`: what a driver keeps after it is done with a channel.
+    pub fn secrets_in_live_pool(&self) -> Vec<(String, usize, String)> {
+        self.inner.secrets_in_live_pool()
     }
 
     /// The reports recorded so far, removed so that dropping the kernel does not fail.
