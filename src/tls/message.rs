@@ -130,6 +130,8 @@ fn message(
             let update_requested = match body {
                 [0] => false,
                 [1] => true,
+                // RFC 8446 §4.6.3: any other request_update value is illegal_parameter.
+                [_] => return Err(TlsError::IllegalParameter),
                 _ => return Err(TlsError::IllegalMessage),
             };
             if !ends_record {
