@@ -268,21 +268,14 @@ impl Rx {
             if self.reader.is_mid_message() && opened.content_type != ContentType::Handshake {
                 return Err(TlsError::IllegalMessage);
             }
+            // Whether the record gave the consumer nothing (see MAX_IDLE_RECORDS).
             let idle = match opened.content_type {
-                ContentType::ApplicationData => plaintext.is_empty(),
-                ContentType::Alert => matches!(read_alert(plaintext)?, Alert::Ignored),
-                _ => false,
-            };
-            self.idle_records = if idle { self.idle_records + 1 } else { 0 };
-            if self.idle_records > MAX_IDLE_RECORDS {
-                return Err(TlsError::IllegalMessage);
-            }
-            match opened.content_type {
                 ContentType::ApplicationData => {
                     if !plaintext.is_empty() {
                         let start = self.parsed + opened.plaintext.start;
                         self.segments.push(Segment { start, len: plaintext.len() });
                     }
+                    plaintext.is_empty()
                 }
                 ContentType::Handshake => {
                     let (opener, stats) = (&mut self.opener, &mut self.stats);
@@ -299,12 +292,20 @@ impl Rx {
                             Ok(())
                         }
                     })?;
+                    false
                 }
                 ContentType::Alert => match read_alert(plaintext)? {
-                    Alert::CloseNotify => self.end = End::CloseNotify,
-                    Alert::Ignored => {}
+                    Alert::CloseNotify => {
+                        self.end = End::CloseNotify;
+                        false
+                    }
+                    Alert::Ignored => true,
                 },
                 ContentType::ChangeCipherSpec => return Err(TlsError::IllegalMessage),
+            };
+            self.idle_records = if idle { self.idle_records + 1 } else { 0 };
+            if self.idle_records > MAX_IDLE_RECORDS {
+                return Err(TlsError::IllegalMessage);
             }
             self.stats.records += 1;
             self.parsed += opened.consumed;
