@@ -9,7 +9,7 @@ mod common;
 use std::cell::Cell;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -777,18 +777,30 @@ fn a_peer_with_a_tiny_window_that_stops_reading_times_disconnect_out_and_close_s
 
 // ---- Misbehaviour inside the handshake ----
 
-/// Connects to `addr` with a handshake timeout of `timeout_ms`; the status the connect
-/// fails with, and how long that took.
-fn connect_fails(kernel: &Kernel, addr: SocketAddr, timeout_ms: u32) -> (NTSTATUS, Duration) {
-    let _in = kernel.enter();
-    let client = client();
-    let mut config = channel_config(addr, "localhost");
-    config.handshake_timeout_ms = timeout_ms;
-    let start = Instant::now();
-    match Channel::connect(&client, &config) {
-        Ok(_) => panic!("connected to a peer that never finished its handshake"),
-        Err(status) => (status, start.elapsed()),
-    }
+/// Connects, with a handshake timeout of `timeout_ms`, to a peer that runs `script` after
+/// the ClientHello; checks the driver told the peer nothing or one fatal alert and left
+/// nothing behind. The status the connect failed with, and how long that took.
+fn handshake_fails(
+    timeout_ms: u32,
+    script: impl FnOnce(&mut RawPeer) -> io::Result<Vec<u8>> + Send + 'static,
+) -> (NTSTATUS, Duration) {
+    let kernel = Kernel::boot();
+    let peer = HandshakePeer::start(script);
+    let outcome = {
+        let _in = kernel.enter();
+        let client = client();
+        let mut config = channel_config(peer.addr(), "localhost");
+        config.handshake_timeout_ms = timeout_ms;
+        let start = Instant::now();
+        match Channel::connect(&client, &config) {
+            Ok(_) => panic!("connected to a peer that never finished its handshake"),
+            Err(status) => (status, start.elapsed()),
+        }
+    };
+    let told = peer.result(STALL);
+    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
+    kernel.finish();
+    outcome
 }
 
 /// A single plaintext fatal alert record, as a driver that fails mid-handshake may send.
@@ -815,25 +827,19 @@ fn dribble(
 
 #[test]
 fn a_handshake_that_never_ends_fails_at_the_handshake_timeout() {
-    let kernel = Kernel::boot();
-    let peer = HandshakePeer::start(|peer| {
+    let (status, took) = handshake_fails(500, |peer| {
         // A ServerHello of 65,535 bytes (as large as rustls takes), sent 16 bytes at a time.
         let start = plaintext_record(HANDSHAKE, &[SERVER_HELLO, 0, 0xff, 0xff, 3, 3]);
         let body = (0..).map(|_| plaintext_record(HANDSHAKE, &[0x42; 16])).take(4000);
         dribble(peer, std::iter::once(start).chain(body), Duration::from_millis(5))
     });
-    let (status, took) = connect_fails(&kernel, peer.addr(), 500);
     assert_eq!(status, STATUS_IO_TIMEOUT);
     assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(2_500), "{took:?}");
-    let told = peer.result(STALL);
-    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
-    kernel.finish();
 }
 
 #[test]
 fn a_handshake_message_larger_than_the_receive_buffer_is_refused_before_the_timeout() {
-    let kernel = Kernel::boot();
-    let peer = HandshakePeer::start(|peer| {
+    let (status, took) = handshake_fails(3_000, |peer| {
         // A ServerHello of 65,535 bytes, all at once: more than the 32 KiB the driver
         // receives the handshake into.
         let mut message = vec![SERVER_HELLO, 0, 0xff, 0xff];
@@ -842,60 +848,41 @@ fn a_handshake_message_larger_than_the_receive_buffer_is_refused_before_the_time
             message.chunks(MAX_FRAGMENT).map(|c| plaintext_record(HANDSHAKE, c)).collect::<Vec<_>>();
         dribble(peer, records.into_iter(), Duration::ZERO)
     });
-    let (status, took) = connect_fails(&kernel, peer.addr(), 3_000);
     assert_eq!(status, SEC_E_ILLEGAL_MESSAGE);
     assert!(took < Duration::from_millis(3_000), "refused by size, not by the timeout: {took:?}");
-    let told = peer.result(STALL);
-    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
-    kernel.finish();
 }
 
 #[test]
 fn a_handshake_message_announcing_2_24_minus_1_bytes_is_refused_at_once() {
-    let kernel = Kernel::boot();
-    let peer = HandshakePeer::start(|peer| {
+    let (status, took) = handshake_fails(1_000, |peer| {
         // A ServerHello that says it is 16 MiB long, then its body, slowly.
         let start = plaintext_record(HANDSHAKE, &[SERVER_HELLO, 0xff, 0xff, 0xff, 3, 3]);
         let body = (0..).map(|_| plaintext_record(HANDSHAKE, &[0x42; 64])).take(100);
         dribble(peer, std::iter::once(start).chain(body), Duration::from_millis(20))
     });
-    let (status, took) = connect_fails(&kernel, peer.addr(), 1_000);
     assert_eq!(status, SEC_E_ILLEGAL_MESSAGE);
     assert!(took < Duration::from_millis(1_000), "refused by size, not by the timeout: {took:?}");
-    let told = peer.result(STALL);
-    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
-    kernel.finish();
 }
 
 #[test]
 fn a_handshake_message_interleaved_with_an_alert_is_refused() {
-    let kernel = Kernel::boot();
-    let peer = HandshakePeer::start(|peer| {
+    let (status, took) = handshake_fails(1_000, |peer| {
         // The start of a ServerHello, then a warning, then the rest: RFC 8446 §5.1 forbids it.
         let start = plaintext_record(HANDSHAKE, &[SERVER_HELLO, 0, 0, 40, 3, 3]);
         let warning = plaintext_record(ALERT, &[WARNING, u8::from(AlertDescription::UserCanceled)]);
         let rest = plaintext_record(HANDSHAKE, &[0x42; 38]);
         dribble(peer, [start, warning, rest].into_iter(), Duration::from_millis(20))
     });
-    let (status, took) = connect_fails(&kernel, peer.addr(), 1_000);
     assert_eq!(status, SEC_E_ILLEGAL_MESSAGE);
     assert!(took < Duration::from_millis(1_000), "refused, not timed out: {took:?}");
-    let told = peer.result(STALL);
-    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
-    kernel.finish();
 }
 
 #[test]
 fn a_storm_of_warnings_in_the_handshake_is_refused_before_the_timeout() {
-    let kernel = Kernel::boot();
-    let peer = HandshakePeer::start(|peer| {
+    let (status, took) = handshake_fails(3_000, |peer| {
         let warning = plaintext_record(ALERT, &[WARNING, u8::from(AlertDescription::UserCanceled)]);
         dribble(peer, std::iter::repeat_n(warning, FLOOD), Duration::from_millis(1))
     });
-    let (status, took) = connect_fails(&kernel, peer.addr(), 3_000);
     assert_eq!(status, SEC_E_ILLEGAL_MESSAGE);
     assert!(took < Duration::from_millis(3_000), "refused, not timed out: {took:?}");
-    let told = peer.result(STALL);
-    assert!(told.is_empty() || is_fatal_alert(&told), "the driver sent {told:?}");
-    kernel.finish();
 }
