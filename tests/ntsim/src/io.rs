@@ -191,11 +191,12 @@ impl Irps {
         }
     }
 
-    /// A completion routine mid-stack stopped the walk: the driver that owns that stack
-    /// location owns the IRP again and will complete it once more.
-    fn back_in_flight(&self, irp: *mut IRP) {
+    /// The completion walk hands a mid-stack IRP to the driver whose routine it calls
+    /// (in flight again: that driver will complete it once more), or takes it back when
+    /// the routine lets the walk go on.
+    fn set_state(&self, irp: *mut IRP, state: IrpState) {
         if let Some(rec) = lock(&self.live).get_mut(&(irp as usize)) {
-            rec.state = IrpState::InFlight;
+            rec.state = state;
         }
     }
 
@@ -392,11 +393,20 @@ unsafe fn walk_completion(irp: *mut IRP) {
             zero_stack_location(sp);
             match routine {
                 Some(routine) if invoke => {
-                    let device = if (*irp).CurrentLocation == (*irp).StackCount + 1 {
-                        std::ptr::null_mut()
-                    } else {
+                    // Decided before the call: once the routine returns
+                    // STATUS_MORE_PROCESSING_REQUIRED the IRP is its owner's again, who
+                    // may already have freed, reused or re-sent it on another thread.
+                    let mid_stack = (*irp).CurrentLocation <= (*irp).StackCount;
+                    let device = if mid_stack {
                         (*IoGetCurrentIrpStackLocation(irp)).DeviceObject
+                    } else {
+                        std::ptr::null_mut()
                     };
+                    if mid_stack {
+                        // The driver above owns the IRP from the moment its routine runs,
+                        // and may complete it again before the routine even returns.
+                        current().irps.set_state(irp, IrpState::InFlight);
+                    }
                     let irql = current_irql();
                     let saves = xstate::depth();
                     let r = routine(device, irp, context);
@@ -412,10 +422,10 @@ unsafe fn walk_completion(irp: *mut IRP) {
                         set_irql(irql);
                     }
                     if r == STATUS_MORE_PROCESSING_REQUIRED {
-                        if (*irp).CurrentLocation <= (*irp).StackCount {
-                            current().irps.back_in_flight(irp);
-                        }
                         return;
+                    }
+                    if mid_stack {
+                        current().irps.set_state(irp, IrpState::Completed);
                     }
                 }
                 _ => {
