@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod consumer;
+pub mod hostile;
 pub mod peers;
 pub mod proxy;
 
