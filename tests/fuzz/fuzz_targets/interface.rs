@@ -440,6 +440,14 @@ impl Rig {
 // ---------------------------------------------------------------------------------------
 // Running an input.
 
+/// With `WSKTLS_FUZZ_PLANT=1` the harness has a planted bug: a successful Send of 3,000
+/// bytes or more fails the input. `.ci/run` runs the target so and requires the bounded
+/// run to fail with it: the proof that a finding fails CI.
+fn planted() -> bool {
+    static PLANTED: OnceLock<bool> = OnceLock::new();
+    *PLANTED.get_or_init(|| std::env::var("WSKTLS_FUZZ_PLANT").is_ok_and(|v| v == "1"))
+}
+
 /// A channel Connect gave this input, and what went through it.
 struct Channel {
     handle: *mut WSKTLS_CHANNEL,
@@ -1106,6 +1114,9 @@ impl<'a> Run<'a> {
             match r.kind {
                 Kind::Send if status.is_success() => {
                     assert_eq!(info, r.length, "a successful Send completed with another length");
+                    if planted() && info >= 3000 {
+                        panic!("planted bug (WSKTLS_FUZZ_PLANT=1): a send of {info} bytes completed");
+                    }
                 }
                 Kind::Receive if status.is_success() => {
                     assert!(info <= r.length, "a Receive of {} bytes completed with {info}", r.length);
