@@ -150,5 +150,9 @@ impl Bare {
 
 /// A kernel with no fault injection and a fixed seed (an input must replay alike).
 pub fn quiet_kernel() -> Kernel {
+    // libFuzzer's main, not Rust's, starts the process, so SIGPIPE is not ignored as in
+    // a Rust program: a peer writing to a socket the driver closed would kill the fuzzer.
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any peer thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     Kernel::boot_with(ntsim::Config { seed: Some(1), ..ntsim::Config::default() })
 }
