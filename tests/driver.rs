@@ -11,59 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::peers::test_pki;
-use echo_peer::{Config as PeerConfig, Peer};
-use ntsim::{Caller, Device, Driver, EnterGuard, Kernel};
+use common::rig::*;
+use ntsim::{Caller, Kernel};
 use wsktls::nt::*;
-use wsktls_sample_consumer::{Binding, ConnectParams, Consumer, Session};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// The security descriptor the INF gives the device.
-fn inf_sddl() -> String {
-    let inx = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/inf/wsktls.inx"))
-        .expect("inf/wsktls.inx");
-    let line =
-        inx.lines().find(|l| l.starts_with("HKR,,Security,,")).expect("the INF sets the device's security");
-    line.split('"').nth(1).expect("a quoted SDDL string").to_owned()
-}
-
-/// wsktls loaded with the service `parameters`, its root device added and started.
-fn load_wsktls(kernel: &Kernel, parameters: &[(&str, u32)]) -> (Driver, Device) {
-    let driver =
-        kernel.load_driver("wsktls", wsktls::driver::driver_entry, parameters).expect("wsktls DriverEntry");
-    let device =
-        kernel.add_root_device(&driver, "ROOT\\WSKTLS", &inf_sddl()).expect("wsktls AddDevice and start");
-    (driver, device)
-}
-
-fn load_consumer(kernel: &Kernel) -> Driver {
-    kernel
-        .load_driver("wsktls-sample", wsktls_sample_consumer::driver_entry, &[])
-        .expect("sample DriverEntry")
-}
-
-fn consumer(driver: &Driver) -> &'static Consumer {
-    // SAFETY: the sample's own driver object, loaded through its driver_entry.
-    unsafe { Consumer::of(driver.object()) }.expect("the sample's state")
-}
-
-fn echo_peer() -> Peer {
-    let pki = test_pki();
-    Peer::start("127.0.0.1:0".parse().unwrap(), PeerConfig::new(&pki.server.chain, &pki.server.key))
-        .expect("echo-peer")
-}
-
-fn ca() -> Vec<u8> {
-    std::fs::read(&test_pki().ca.der).expect("CA DER")
-}
-
-fn open_session(binding: &Arc<Binding>, peer: &Peer) -> Session {
-    let ca = ca();
-    let anchors = [ca.as_slice()];
-    Session::connect(Arc::clone(binding), &ConnectParams::new(peer.addr(), "localhost", &anchors))
-        .expect("connect")
-}
+use wsktls_sample_consumer::{ConnectParams, Session};
 
 fn echo(session: &Session, bytes: usize) {
     let data: Vec<u8> = (0..bytes as u64).map(common::pattern).collect();
@@ -76,44 +27,6 @@ fn echo(session: &Session, bytes: usize) {
         got += n;
     }
     assert!(back == data, "echoed bytes differ");
-}
-
-/// A kernel with wsktls loaded and started and the sample bound to it.
-struct Rig {
-    kernel: Kernel,
-    wsktls: Driver,
-    device: Device,
-    sample: Driver,
-    binding: Arc<Binding>,
-    peer: Peer,
-    _in: EnterGuard,
-}
-
-impl Rig {
-    fn new(parameters: &[(&str, u32)]) -> Rig {
-        let kernel = Kernel::boot();
-        let _in = kernel.enter();
-        let (wsktls, device) = load_wsktls(&kernel, parameters);
-        let sample = load_consumer(&kernel);
-        let binding = consumer(&sample).wait_for_provider(20_000).expect("bound");
-        Rig { kernel, wsktls, device, sample, binding, peer: echo_peer(), _in }
-    }
-
-    fn session(&self) -> Session {
-        open_session(&self.binding, &self.peer)
-    }
-
-    /// The sample lets go, the device is removed, both drivers unload, and nothing is left.
-    fn finish(self) {
-        let Rig { kernel, wsktls, device, sample, binding, peer: _, _in } = self;
-        drop(binding);
-        consumer(&sample).release();
-        kernel.remove_device(&device).expect("removal once no handle is open");
-        kernel.unload_driver(wsktls, WAIT).expect("wsktls unloads");
-        kernel.unload_driver(sample, WAIT).expect("the sample unloads");
-        drop(_in);
-        kernel.finish();
-    }
 }
 
 #[test]
@@ -309,56 +222,6 @@ fn refused(f: impl FnOnce(*mut IRP) -> NTSTATUS) -> NTSTATUS {
     returned
 }
 
-/// Connect parameters that are right, as a base for the wrong ones.
-struct Good {
-    address: SOCKADDR_IN,
-    name: &'static [u8],
-    ca: Vec<u8>,
-    anchors: Vec<WSKTLS_BLOB>,
-}
-
-impl Good {
-    fn new(peer: &Peer) -> Box<Good> {
-        let std::net::SocketAddr::V4(a) = peer.addr() else { panic!("IPv4 peer") };
-        let address = SOCKADDR_IN {
-            sin_family: AF_INET,
-            sin_port: a.port().to_be(),
-            sin_addr: a.ip().octets(),
-            sin_zero: [0; 8],
-        };
-        let mut good = Box::new(Good { address, name: b"localhost", ca: ca(), anchors: Vec::new() });
-        good.anchors =
-            vec![WSKTLS_BLOB { Data: good.ca.as_ptr(), Length: good.ca.len() as u32, Reserved: 0 }];
-        good
-    }
-
-    fn parameters(&self) -> WSKTLS_CONNECT_PARAMETERS {
-        let none = WSKTLS_BLOB { Data: std::ptr::null(), Length: 0, Reserved: 0 };
-        WSKTLS_CONNECT_PARAMETERS {
-            Size: size_of::<WSKTLS_CONNECT_PARAMETERS>() as u32,
-            Version: WSKTLS_VERSION_1_0,
-            Reserved: 0,
-            RemoteAddress: (&self.address as *const SOCKADDR_IN).cast(),
-            ServerName: WSKTLS_BLOB { Data: self.name.as_ptr(), Length: self.name.len() as u32, Reserved: 0 },
-            TrustAnchors: self.anchors.as_ptr(),
-            PinSha256: std::ptr::null(),
-            ClientChain: std::ptr::null(),
-            ClientKey: none,
-            Alpn: std::ptr::null(),
-            TrustAnchorCount: 1,
-            ClientChainCount: 0,
-            AlpnCount: 0,
-            Suites: 0,
-            RecordSize: 0,
-            SendBudget: 0,
-            ReceiveBuffer: 0,
-            ConnectTimeoutMs: 0,
-            HandshakeTimeoutMs: 0,
-            Reserved2: 0,
-        }
-    }
-}
-
 #[test]
 fn every_invalid_parameter_gets_its_own_status_and_nothing_is_corrupted() {
     let rig = Rig::new(&[]);
@@ -540,6 +403,18 @@ fn get_provider(
     request: Option<WSKTLS_PROVIDER_REQUEST>,
     out_len: u32,
 ) -> (NTSTATUS, WSKTLS_PROVIDER_NPI) {
+    get_provider_as(kernel, KernelMode, IRP_MJ_INTERNAL_DEVICE_CONTROL, code, request, out_len)
+}
+
+/// As [`get_provider`], in an IRP of `major` function whose requestor is `mode`.
+fn get_provider_as(
+    kernel: &Kernel,
+    mode: KPROCESSOR_MODE,
+    major: u8,
+    code: u32,
+    request: Option<WSKTLS_PROVIDER_REQUEST>,
+    out_len: u32,
+) -> (NTSTATUS, WSKTLS_PROVIDER_NPI) {
     let link = kernel.interfaces(&GUID_DEVINTERFACE_WSKTLS).pop().expect("the interface is enabled");
     let mut name: Vec<u16> = link.encode_utf16().collect();
     let mut name = UNICODE_STRING {
@@ -564,8 +439,9 @@ fn get_provider(
         );
         let (returned, completed) = call_with((*device).StackSize, |irp| {
             (*irp).UserBuffer = (&mut npi as *mut WSKTLS_PROVIDER_NPI).cast();
+            (*irp).RequestorMode = mode;
             let next = IoGetNextIrpStackLocation(irp);
-            (*next).MajorFunction = IRP_MJ_INTERNAL_DEVICE_CONTROL;
+            (*next).MajorFunction = major;
             (*next).FileObject = file;
             let control = &mut (*next).Parameters.DeviceIoControl;
             control.IoControlCode = code;
@@ -582,7 +458,7 @@ fn get_provider(
 }
 
 #[test]
-fn get_provider_checks_its_request() {
+fn get_provider_checks_its_request_and_answers_kernel_callers_only() {
     let kernel = Kernel::boot();
     let _in = kernel.enter();
     let (wsktls, device) = load_wsktls(&kernel, &[]);
@@ -625,6 +501,17 @@ fn get_provider_checks_its_request() {
     for (what, code, request, out_len, expected) in cases {
         assert_eq!(get_provider(&kernel, code, request, out_len).0, expected, "{what}");
     }
+    // The interface is for kernel callers only: the same request from user mode, or in
+    // the control IRP user mode can send, gets nothing.
+    let internal = IRP_MJ_INTERNAL_DEVICE_CONTROL;
+    let (status, npi) = get_provider_as(&kernel, UserMode, internal, code, Some(good), size);
+    assert_eq!((status, npi.Provider), (STATUS_ACCESS_DENIED, std::ptr::null_mut()), "from user mode");
+    let (status, npi) = get_provider_as(&kernel, UserMode, IRP_MJ_DEVICE_CONTROL, code, Some(good), size);
+    assert_eq!(
+        (status, npi.Provider),
+        (STATUS_INVALID_DEVICE_REQUEST, std::ptr::null_mut()),
+        "as IRP_MJ_DEVICE_CONTROL"
+    );
     kernel.remove_device(&device).expect("removal");
     kernel.unload_driver(wsktls, WAIT).expect("unload");
     drop(_in);

@@ -341,7 +341,6 @@ fn a_few_empty_application_data_records_between_data_are_skipped() {
 }
 
 #[test]
-#[ignore = "driver bug: no limit on consecutive empty records; a flood is opened for as long as it lasts and the data after it is delivered"]
 fn a_flood_of_empty_application_data_records_fails_the_channel_as_an_unexpected_message() {
     fails_after_data(
         |peer| {
@@ -481,7 +480,6 @@ fn a_second_encrypted_extensions_is_an_unexpected_message() {
 }
 
 #[test]
-#[ignore = "driver bug: answers unexpected_message; RFC 8446 §4.6.3 requires illegal_parameter for a request_update other than 0 or 1"]
 fn a_key_update_with_an_invalid_request_value_is_an_illegal_parameter() {
     fails_after_data(
         |peer| peer.send_handshake(KEY_UPDATE, &[2]).expect("send"),
@@ -528,7 +526,6 @@ fn key_update_requests_received_while_silent_are_answered_with_a_single_key_upda
 // ---- Alert storms (RFC 8446 §6) ----
 
 #[test]
-#[ignore = "driver bug: no limit on user_canceled warnings; a storm is read for as long as it lasts and the data after it is delivered"]
 fn a_storm_of_user_canceled_warnings_fails_the_channel_as_an_unexpected_message() {
     fails_after_data(
         |peer| {
@@ -854,7 +851,6 @@ fn a_handshake_message_larger_than_the_receive_buffer_is_refused_before_the_time
 }
 
 #[test]
-#[ignore = "driver bug: panics in rustls (slice index) when sending the alert after this deframe error (src/tls/handshake.rs:136 passes an empty buffer)"]
 fn a_handshake_message_announcing_2_24_minus_1_bytes_is_refused_at_once() {
     let kernel = Kernel::boot();
     let peer = HandshakePeer::start(|peer| {
@@ -872,7 +868,6 @@ fn a_handshake_message_announcing_2_24_minus_1_bytes_is_refused_at_once() {
 }
 
 #[test]
-#[ignore = "driver bug: panics in rustls (slice index) when sending the alert after this deframe error (src/tls/handshake.rs:136 passes an empty buffer)"]
 fn a_handshake_message_interleaved_with_an_alert_is_refused() {
     let kernel = Kernel::boot();
     let peer = HandshakePeer::start(|peer| {

@@ -25,7 +25,7 @@ pub use aead::{AeadFailed, Suite, TAG_LEN, TrafficKey};
 pub use digest::{sha256, spki_sha256};
 pub use platform::{Platform, RandomUnavailable, VectorStateUnavailable};
 pub use provider::{provider, suite_of};
-pub use secret::{OutOfMemory, SecretBytes, Wiped, wipe};
+pub use secret::{OutOfMemory, SecretBytes, WipeOnFree, Wiped, wipe};
 
 /// Re-exported so the driver names the exact rustls this provider was built for.
 pub use rustls;

@@ -52,6 +52,41 @@ pub fn wipe(bytes: &mut [u8]) {
     zeroize::Zeroize::zeroize(bytes);
 }
 
+/// A global allocator that wipes every block before it gives it back to `A`. Drop-time
+/// zeroizing cannot reach the copies a move leaves behind: rustls moves its key schedule
+/// from one boxed handshake state to the next, and the old box is freed holding the
+/// handshake traffic secrets (seen by tests/secrets.rs). Wiping at free catches every
+/// such copy. Only the connect and close paths free heap blocks; the data path does not.
+pub struct WipeOnFree<A>(pub A);
+
+// SAFETY: every call goes to `A` unchanged; `dealloc` first overwrites the block it was
+// given, which is still the caller's (valid for `layout.size()` bytes) until `A` frees it.
+unsafe impl<A: core::alloc::GlobalAlloc> core::alloc::GlobalAlloc for WipeOnFree<A> {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        // A plain memset (zeroize's volatile byte loop costs a cycle a byte), kept from
+        // being optimised away by handing the pointer to black_box after it.
+        // SAFETY: the caller's live block of `layout.size()` bytes.
+        unsafe { ptr.write_bytes(0, layout.size()) };
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        core::hint::black_box(ptr);
+        // SAFETY: forwarded contract.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+
+    // `realloc` is GlobalAlloc's own: a new block, a copy, and the old one through
+    // `dealloc`, so a block that grows leaves no copy behind either.
+}
+
 /// An allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutOfMemory;

@@ -202,12 +202,17 @@ impl Shared {
                 let failure = self.failure();
                 rx.pass(failure, &self.keys, &mut done, &PLATFORM)
             };
+            // TX learns it owes a KeyUpdate before any receive completes: a consumer that
+            // answers the data at once must find its reply sealed after our KeyUpdate
+            // (RFC 8446 §4.6.3).
+            if matches!(&result, Ok(action) if action.owe_key_update) {
+                self.tx.lock().owe_key_update();
+            }
             done.complete_all();
             let idle = matches!(&result, Ok(action) if action.post.is_none() && !action.owe_key_update);
             match result {
                 Ok(action) => {
                     if action.owe_key_update {
-                        self.tx.lock().owe_key_update();
                         self.pump_tx();
                     }
                     if let Some(span) = action.post {

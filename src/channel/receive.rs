@@ -106,9 +106,16 @@ pub(crate) struct Rx {
     fin: bool,
     pub(crate) end: End,
     reader: HandshakeReader,
+    /// Records in a row that gave the consumer nothing (empty application data, ignored
+    /// warnings): a peer may send some, not an endless stream of them.
+    idle_records: usize,
     pub(crate) pump: Pump,
     stats: ReceiveStats,
 }
+
+/// Most records in a row that carry nothing for the consumer (as rustls and OpenSSL cap
+/// empty fragments and warnings): past this the peer is flooding us, unexpected_message.
+const MAX_IDLE_RECORDS: usize = 32;
 
 impl Rx {
     /// `leftover` bytes at the buffer's start arrived after the handshake.
@@ -132,6 +139,7 @@ impl Rx {
             fin: false,
             end: End::Open,
             reader: HandshakeReader::new()?,
+            idle_records: 0,
             pump: Pump::default(),
             stats: ReceiveStats::default(),
         })
@@ -258,6 +266,15 @@ impl Rx {
             let plaintext = &window[opened.plaintext.clone()];
             // RFC 8446 §5.1: no other record type in the middle of a handshake message.
             if self.reader.is_mid_message() && opened.content_type != ContentType::Handshake {
+                return Err(TlsError::IllegalMessage);
+            }
+            let idle = match opened.content_type {
+                ContentType::ApplicationData => plaintext.is_empty(),
+                ContentType::Alert => matches!(read_alert(plaintext)?, Alert::Ignored),
+                _ => false,
+            };
+            self.idle_records = if idle { self.idle_records + 1 } else { 0 };
+            if self.idle_records > MAX_IDLE_RECORDS {
                 return Err(TlsError::IllegalMessage);
             }
             match opened.content_type {

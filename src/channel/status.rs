@@ -28,7 +28,9 @@ pub(crate) fn status_of(e: TlsError) -> NTSTATUS {
             SEC_E_ALGORITHM_MISMATCH
         }
         TlsError::PeerAlert(_) => STATUS_WSKTLS_PEER_ALERT,
-        TlsError::IllegalMessage | TlsError::RecordOverflow => SEC_E_ILLEGAL_MESSAGE,
+        TlsError::IllegalMessage | TlsError::IllegalParameter | TlsError::RecordOverflow => {
+            SEC_E_ILLEGAL_MESSAGE
+        }
         TlsError::BadRecordMac => SEC_E_MESSAGE_ALTERED,
         TlsError::Truncated => STATUS_WSKTLS_TRUNCATED,
         TlsError::NoCommonParameters => SEC_E_ALGORITHM_MISMATCH,

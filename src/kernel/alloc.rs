@@ -10,8 +10,10 @@ const TAG_HEAP: u32 = pool_tag(b"WtHp");
 
 struct NonPagedPool;
 
+/// Every heap block is wiped before it goes back to the pool: secrets moved out of a
+/// block leave copies in it (see WipeOnFree).
 #[global_allocator]
-static ALLOCATOR: NonPagedPool = NonPagedPool;
+static ALLOCATOR: wsktls_crypto::WipeOnFree<NonPagedPool> = wsktls_crypto::WipeOnFree(NonPagedPool);
 
 // SAFETY: every block comes from ExAllocatePool2 (zeroed, 16-aligned) or is carved out of
 // one with the pool address stored just before it; dealloc frees exactly that block.

@@ -21,6 +21,9 @@ pub enum TlsError {
     PeerAlert(u8),
     /// The peer broke the protocol: a malformed or unexpected message, an oversized record.
     IllegalMessage,
+    /// A field of a well-formed message holds a value the protocol forbids (a KeyUpdate's
+    /// request_update other than 0 or 1).
+    IllegalParameter,
     /// The peer sent a record longer than TLS 1.3 allows (RFC 8446 §5.2, §5.4).
     RecordOverflow,
     /// A record failed authentication: tampered, reordered, or under the wrong key.
@@ -81,6 +84,7 @@ impl TlsError {
             TlsError::UntrustedIssuer => Some(AlertDescription::UnknownCA),
             TlsError::CertificateExpired => Some(AlertDescription::CertificateExpired),
             TlsError::IllegalMessage => Some(AlertDescription::UnexpectedMessage),
+            TlsError::IllegalParameter => Some(AlertDescription::IllegalParameter),
             TlsError::BadRecordMac => Some(AlertDescription::BadRecordMac),
             TlsError::RecordOverflow => Some(AlertDescription::RecordOverflow),
             TlsError::NoCommonParameters => Some(AlertDescription::HandshakeFailure),

@@ -77,7 +77,7 @@ pub fn handshake<T: Transport, P: Platform>(
         let step = match step {
             Ok(step) => step,
             Err(e) => {
-                send_alert(&mut conn, platform, io, outgoing);
+                send_alert(&mut conn, platform, io, &mut incoming[..filled], outgoing);
                 return Err(e.into());
             }
         };
@@ -127,13 +127,16 @@ pub fn handshake<T: Transport, P: Platform>(
 
 /// After a failure rustls queues the alert that says why (bad_certificate, ...): send it,
 /// best effort, so the server's log names the reason rather than a dropped connection.
+/// `incoming` must be the bytes of the failed call: rustls still counts in them (given an
+/// empty slice after a malformed record it indexes past its end and panics).
 fn send_alert<T: Transport, P: Platform>(
     conn: &mut UnbufferedClientConnection,
     platform: &P,
     io: &mut T,
+    incoming: &mut [u8],
     outgoing: &mut [u8],
 ) {
-    let encoded = platform.with_vector_state(|| match conn.process_tls_records(&mut []).state {
+    let encoded = platform.with_vector_state(|| match conn.process_tls_records(incoming).state {
         Ok(ConnectionState::EncodeTlsData(mut data)) => data.encode(outgoing).ok(),
         _ => None,
     });

@@ -130,6 +130,8 @@ fn message(
             let update_requested = match body {
                 [0] => false,
                 [1] => true,
+                // RFC 8446 §4.6.3: any other request_update value is illegal_parameter.
+                [_] => return Err(TlsError::IllegalParameter),
                 _ => return Err(TlsError::IllegalMessage),
             };
             if !ends_record {
@@ -275,8 +277,7 @@ mod tests {
         let mut trailing = ticket();
         trailing[3] += 1;
         trailing.push(0); // a byte after the extensions
-        let bad: [&[u8]; 6] = [
-            &[KEY_UPDATE, 0, 0, 1, 2],         // update_requested out of range
+        let bad: [&[u8]; 5] = [
             &[KEY_UPDATE, 0, 0, 2, 0, 0],      // wrong length
             &[13, 0, 0, 0],                    // CertificateRequest: no post-handshake auth
             &[NEW_SESSION_TICKET, 0, 0x20, 0], // beyond MAX_MESSAGE
@@ -290,6 +291,12 @@ mod tests {
                 "{data:?}"
             );
         }
+        // Well formed, but request_update out of range (RFC 8446 §4.6.3).
+        let update_two: &[u8] = &[KEY_UPDATE, 0, 0, 1, 2];
+        assert_eq!(
+            collect(&mut HandshakeReader::new().unwrap(), &[update_two]),
+            Err(TlsError::IllegalParameter)
+        );
     }
 
     #[test]

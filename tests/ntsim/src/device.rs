@@ -230,7 +230,7 @@ pub unsafe extern "system" fn IoCreateDevice(
         // Named devices would need the object manager's namespace, which ntsim lacks.
         return STATUS_NOT_SUPPORTED;
     }
-    if allocation_fails(AllocKind::Pool) {
+    if allocation_fails(AllocKind::Pool, None) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
     match k.devices.create(driver, extension_size, device_type, characteristics) {

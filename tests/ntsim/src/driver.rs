@@ -235,7 +235,7 @@ pub unsafe extern "system" fn IoAllocateDriverObjectExtension(
     if rec.client_extensions.contains_key(&(client as usize)) {
         return STATUS_OBJECT_NAME_COLLISION;
     }
-    if allocation_fails(AllocKind::Pool) {
+    if allocation_fails(AllocKind::Pool, None) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
     let block = raw_alloc(size as usize);

@@ -55,15 +55,57 @@ impl Faults {
     }
 }
 
-/// Whether this allocation of `kind` should fail.
-pub(crate) fn allocation_fails(kind: AllocKind) -> bool {
+/// The allocation [`crate::Kernel::fail_allocation`] made fail: which attempt, of what,
+/// and where it was asked for (resolved only if printed).
+#[derive(Debug)]
+pub struct InjectedFailure {
+    pub attempt: u64,
+    pub kind: AllocKind,
+    /// The pool tag asked for, for pool allocations.
+    pub tag: Option<String>,
+    pub site: std::backtrace::Backtrace,
+}
+
+impl std::fmt::Display for InjectedFailure {
+    /// The attempt, its kind and tag, and the first frames of the caller's stack that are
+    /// neither ntsim's nor the standard library's: the allocation site.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "allocation attempt {} ({:?}", self.attempt, self.kind)?;
+        if let Some(tag) = &self.tag {
+            write!(f, " '{tag}'")?;
+        }
+        write!(f, ")")?;
+        let trace = self.site.to_string();
+        let frames = trace.lines().map(str::trim).filter(|l| {
+            l.contains("wsktls::") && !l.starts_with("at ") || l.starts_with("at ") && l.contains("/src/")
+        });
+        for line in frames.take(6) {
+            write!(f, "\n    {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether this allocation of `kind` (of pool tag `tag`) should fail: it is the attempt
+/// [`crate::Kernel::fail_allocation`] named, or `Faults::fail_allocations` says so. Every
+/// call counts as an attempt.
+pub(crate) fn allocation_fails(kind: AllocKind, tag: Option<u32>) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
     let k = crate::kernel::current();
-    let Some((which, p)) = k.faults().fail_allocations else {
-        return false;
+    let attempt = k.counters.allocation_attempts.fetch_add(1, Relaxed);
+    let fail = if attempt == k.fail_at.load(Relaxed) {
+        let tag = tag.map(crate::pool::tag_text);
+        let site = std::backtrace::Backtrace::force_capture();
+        *crate::kernel::lock(&k.injected) = Some(InjectedFailure { attempt, kind, tag, site });
+        true
+    } else {
+        match k.faults().fail_allocations {
+            Some((which, p)) => which == kind && k.with_rng(|r| r.chance(p)),
+            None => false,
+        }
     };
-    let fail = which == kind && k.with_rng(|r| r.chance(p));
     if fail {
-        k.counters.allocations_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        k.counters.allocations_failed.fetch_add(1, Relaxed);
     }
     fail
 }

@@ -214,7 +214,7 @@ impl Irps {
 #[unsafe(no_mangle)]
 pub extern "system" fn IoAllocateIrp(stack_size: CCHAR, _charge_quota: BOOLEAN) -> *mut IRP {
     let k = current();
-    if !require_dispatch("IoAllocateIrp") || allocation_fails(AllocKind::Irp) {
+    if !require_dispatch("IoAllocateIrp") || allocation_fails(AllocKind::Irp, None) {
         return std::ptr::null_mut();
     }
     if stack_size < 1 {

@@ -61,6 +61,12 @@ pub(crate) struct KernelInner {
     rng: Mutex<Rng>,
     reports: Mutex<Vec<Report>>,
     pub(crate) counters: Counters,
+    /// The allocation attempt `Kernel::fail_allocation` named (u64::MAX: none), and what
+    /// it was once it failed.
+    pub(crate) fail_at: AtomicU64,
+    pub(crate) injected: Mutex<Option<crate::faults::InjectedFailure>>,
+    /// What freed pool must not hold (`Kernel::watch_secrets`).
+    pub(crate) secrets: Mutex<crate::secrets::Watch>,
 }
 
 /// Event counts a test can read back (how many sends pended, completions were split...).
@@ -80,6 +86,9 @@ pub(crate) struct Counters {
     pub(crate) stack_expansions: AtomicU64,
     /// Successful ExAllocatePool2, IoAllocateIrp and IoAllocateMdl calls.
     pub(crate) allocations: AtomicU64,
+    /// Every call that could have failed for want of memory (pool, IRP, MDL, work item,
+    /// device object, driver extension), whether it did or not.
+    pub(crate) allocation_attempts: AtomicU64,
     /// IRP_MJ_CREATEs sent to a driver (opens the security descriptor let through).
     pub(crate) creates_sent: AtomicU64,
     pub(crate) null_bytes_sent: AtomicU64,
@@ -112,6 +121,9 @@ pub struct Stats {
     /// Pool blocks, IRPs and MDLs allocated since boot (successful calls): a data path
     /// that allocates nothing leaves this unchanged.
     pub allocations: u64,
+    /// Calls that could have failed for want of memory (pool, IRP, MDL, work item, device
+    /// object, driver extension), failed or not: what [`Kernel::fail_allocation`] counts.
+    pub allocation_attempts: u64,
     /// DbgPrintEx calls (their newest messages: [`Kernel::debug_messages`]).
     pub debug_prints: u64,
     /// KeExpandKernelStackAndCallout calls that ran their callout (refused ones are not
@@ -296,6 +308,9 @@ impl Kernel {
             rng: Mutex::new(Rng::new(seed)),
             reports: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            fail_at: AtomicU64::new(u64::MAX),
+            injected: Mutex::new(None),
+            secrets: Mutex::default(),
         });
         let k = Arc::clone(&inner);
         let reactor = thread::Builder::new()
@@ -396,6 +411,42 @@ impl Kernel {
         self.inner.wsk.nagle(remote)
     }
 
+    /// Makes allocation attempt number `attempt` fail (attempts are numbered from 0 at
+    /// boot, as `Stats::allocation_attempts` counts them), whatever its kind: the
+    /// low-resources sweep fails each allocation site of an operation in turn. One at a
+    /// time; a later call replaces an earlier one that has not happened yet.
+    pub fn fail_allocation(&self, attempt: u64) {
+        *lock(&self.inner.injected) = None;
+        self.inner.fail_at.store(attempt, Ordering::Relaxed);
+    }
+
+    /// The failure [`Kernel::fail_allocation`] asked for, once it has happened.
+    pub fn injected_failure(&self) -> Option<crate::faults::InjectedFailure> {
+        lock(&self.inner.injected).take()
+    }
+
+    /// From now on, pool blocks whose tag starts with `prefix` are copied as they are
+    /// freed, to be scanned by the next [`Kernel::watch_secrets`]: for what is freed
+    /// before the secrets are known (a handshake's).
+    pub fn keep_freed_pool(&self, prefix: &str) {
+        self.inner.keep_freed_pool(prefix);
+    }
+
+    /// From now on, a pool block whose tag starts with `prefix` that is freed holding one
+    /// of `needles` (label, bytes) is a verifier report (`Rule::SecretLeftBehind`): the
+    /// driver gave back memory with plaintext or a key still in it. The blocks kept since
+    /// [`Kernel::keep_freed_pool`] are checked first. Replaces any earlier watch; an
+    /// empty list stops watching.
+    pub fn watch_secrets(&self, prefix: &str, needles: Vec<(String, Vec<u8>)>) {
+        self.inner.watch_secrets(prefix, needles);
+    }
+
+    /// The live pool blocks of the watched tags that hold a watched secret, as `(tag,
+    /// size, label)`: what a driver keeps after it is done with a channel.
+    pub fn secrets_in_live_pool(&self) -> Vec<(String, usize, String)> {
+        self.inner.secrets_in_live_pool()
+    }
+
     /// The reports recorded so far, removed so that dropping the kernel does not fail.
     pub fn take_reports(&self) -> Vec<Report> {
         std::mem::take(&mut *lock(&self.inner.reports))
@@ -422,6 +473,7 @@ impl Kernel {
             xstate_saves: c.xstate_saves.load(Ordering::Relaxed),
             xstate_restores: c.xstate_restores.load(Ordering::Relaxed),
             allocations: c.allocations.load(Ordering::Relaxed),
+            allocation_attempts: c.allocation_attempts.load(Ordering::Relaxed),
             debug_prints: c.debug_prints.load(Ordering::Relaxed),
             stack_expansions: c.stack_expansions.load(Ordering::Relaxed),
             devices: self.inner.devices.alive(),

@@ -120,7 +120,7 @@ pub extern "system" fn IoAllocateMdl(
     irp: *mut IRP,
 ) -> *mut MDL {
     let k = current();
-    if !require_dispatch("IoAllocateMdl") || allocation_fails(AllocKind::Mdl) {
+    if !require_dispatch("IoAllocateMdl") || allocation_fails(AllocKind::Mdl, None) {
         return std::ptr::null_mut();
     }
     let size = mdl_size(va, length as usize);

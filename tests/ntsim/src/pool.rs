@@ -89,6 +89,15 @@ impl Pool {
         usage
     }
 
+    /// Calls `f(tag, bytes)` for each live block, with the pool locked.
+    pub(crate) fn for_each_live(&self, mut f: impl FnMut(u32, &[u8])) {
+        let s = lock(&self.state);
+        for (&addr, b) in &s.live {
+            // SAFETY: a live block of `b.size` bytes; the lock keeps it from being freed.
+            f(b.tag, unsafe { std::slice::from_raw_parts(addr as *const u8, b.size) });
+        }
+    }
+
     /// Whether `[start, start+len)` lies inside one live nonpaged block.
     pub(crate) fn is_live_nonpaged(&self, start: usize, len: usize) -> bool {
         self.blocks().hold_nonpaged(start, len)
@@ -147,7 +156,7 @@ pub extern "system" fn ExAllocatePool2(flags: POOL_FLAGS, size: usize, tag: u32)
     if flags & POOL_FLAG_RAISE_ON_FAILURE != 0 {
         report(Rule::BadParameter, "POOL_FLAG_RAISE_ON_FAILURE: wsktls handles failures as values");
     }
-    if allocation_fails(AllocKind::Pool) {
+    if allocation_fails(AllocKind::Pool, Some(tag)) {
         return std::ptr::null_mut();
     }
     // SAFETY: the layout has a non-zero size.
@@ -217,6 +226,8 @@ pub extern "system" fn ExFreePoolWithTag(p: PVOID, tag: u32) {
         );
         return;
     }
+    // SAFETY: the block is still allocated; nothing else may touch it once freed.
+    k.check_freed_pool(unsafe { std::slice::from_raw_parts(p as *const u8, block.size) }, tag);
     // SAFETY: the block was allocated above with this layout and is no longer tracked.
     unsafe {
         (p as *mut u8).write_bytes(POISON_FREED, block.size);

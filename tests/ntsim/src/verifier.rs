@@ -104,6 +104,9 @@ pub enum Rule {
     /// ObfDereferenceObject of an object with no reference to give up, or a file object
     /// still referenced at shutdown.
     ObjectReferenceMisuse,
+    /// Pool of a watched tag was freed still holding a secret the test named (plaintext it
+    /// sent, a traffic secret or key): `Kernel::watch_secrets`.
+    SecretLeftBehind,
     /// The driver called KeBugCheckEx: the machine stops. ntsim records the code and the
     /// four parameters, prints them to stderr and aborts the process.
     BugCheck,

@@ -106,7 +106,7 @@ impl WorkItems {
 #[unsafe(no_mangle)]
 pub extern "system" fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM {
     let k = current();
-    if !require_dispatch("IoAllocateWorkItem") || allocation_fails(AllocKind::Pool) {
+    if !require_dispatch("IoAllocateWorkItem") || allocation_fails(AllocKind::Pool, None) {
         return std::ptr::null_mut();
     }
     if device.is_null() {
