@@ -1,8 +1,9 @@
 //! The kernel core: IRQL, spin locks, dispatcher events and waits.
 //!
 //! On x64 Windows the IRQL lives in CR8 and `KeGetCurrentIrql`, `KeRaiseIrql` and
-//! `KeLowerIrql` are wdm.h inlines over it; ntsim has no CR8, so host builds import them
-//! instead. Both present the same functions to the driver.
+//! `KeLowerIrql` are wdm.h inlines over it, as `KeGetCurrentThread` is over gs; ntsim has
+//! neither, so host builds import them instead. Both present the same functions to the
+//! driver.
 
 use core::ffi::c_void;
 
@@ -141,6 +142,30 @@ unsafe extern "system" {
     /// Host builds: `KeRaiseIrql` without the out-parameter; returns the old IRQL.
     pub fn KfRaiseIrql(NewIrql: KIRQL) -> KIRQL;
     pub fn KeLowerIrql(NewIrql: KIRQL);
+    /// Host builds: ntsim names each thread by an address of its own.
+    pub fn KeGetCurrentThread() -> PVOID;
+}
+
+/// `KeGetCurrentThread` (x64 inline): the KTHREAD is at gs:[0x188], in the processor's
+/// control block.
+///
+/// # Safety
+/// Kernel mode only (gs is the KPCR there).
+#[cfg(all(windows, target_arch = "x86_64"))]
+#[inline]
+pub unsafe fn KeGetCurrentThread() -> PVOID {
+    let thread: u64;
+    // SAFETY: how wdm.h implements KeGetCurrentThread on x64; kernel mode only.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[0x188]", out(reg) thread, options(nostack, preserves_flags, readonly))
+    };
+    thread as PVOID
+}
+
+/// The current thread, as a number that no other live thread has.
+pub fn current_thread() -> usize {
+    // SAFETY: no preconditions in kernel mode; host builds ask ntsim.
+    unsafe { KeGetCurrentThread() as usize }
 }
 
 /// `KeGetCurrentIrql` (x64 inline): the IRQL is CR8.

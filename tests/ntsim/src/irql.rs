@@ -64,6 +64,16 @@ pub extern "system" fn KeGetCurrentIrql() -> KIRQL {
     current_irql()
 }
 
+/// A thread's KTHREAD, here an address unique to the thread. It allocates nothing and
+/// needs no kernel: a global allocator may ask it, on any thread.
+#[unsafe(no_mangle)]
+pub extern "system" fn KeGetCurrentThread() -> *mut core::ffi::c_void {
+    thread_local! {
+        static THREAD: u8 = const { 0 };
+    }
+    THREAD.with(|t| t as *const u8 as *mut core::ffi::c_void)
+}
+
 #[unsafe(no_mangle)]
 pub extern "system" fn KfRaiseIrql(new: KIRQL) -> KIRQL {
     let old = current_irql();

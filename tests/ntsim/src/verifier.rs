@@ -129,5 +129,8 @@ impl fmt::Display for Report {
 pub(crate) fn report(rule: Rule, detail: impl Into<String>) {
     let detail = detail.into();
     eprintln!("ntsim verifier: {rule:?}: {detail}");
+    if std::env::var_os("NTSIM_REPORT_BACKTRACE").is_some() {
+        eprintln!("{}", std::backtrace::Backtrace::force_capture());
+    }
     crate::kernel::current().record(Report { rule, detail });
 }
