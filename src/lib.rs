@@ -8,6 +8,7 @@ pub use wsktls_nt as nt;
 
 pub mod channel;
 pub mod driver;
+pub mod heap;
 pub mod interface;
 #[cfg(target_os = "windows")]
 mod kernel;

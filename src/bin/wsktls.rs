@@ -47,11 +47,13 @@ mod report;
 #[path = "wsktls/words.rs"]
 mod words;
 
-/// Counts the heap, for the demo's peak-heap figure, and wipes each block freed, as the
-/// kernel image's heap does (so the benchmarks pay what the driver pays).
+/// Counts the heap, for the demo's peak-heap figure; wipes each block freed and falls back
+/// on the heap reserve, as the kernel image's heap does (so the benchmarks pay what the
+/// driver pays).
 #[cfg(not(windows))]
 #[global_allocator]
-static HEAP: wsktls_crypto::WipeOnFree<heap::Counting> = wsktls_crypto::WipeOnFree(heap::Counting);
+static HEAP: wsktls_crypto::WipeOnFree<wsktls::heap::Reserving<heap::Counting>> =
+    wsktls_crypto::WipeOnFree(wsktls::heap::Reserving(heap::Counting));
 
 /// Exit status of a usage error (as the shells' builtins use it).
 #[cfg(not(windows))]

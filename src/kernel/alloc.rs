@@ -4,6 +4,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+use crate::heap::Reserving;
 use crate::nt::{ExAllocatePool2, ExFreePoolWithTag, POOL_ALIGNMENT, POOL_FLAG_NON_PAGED, pool_tag};
 
 const TAG_HEAP: u32 = pool_tag(b"WtHp");
@@ -11,9 +12,11 @@ const TAG_HEAP: u32 = pool_tag(b"WtHp");
 struct NonPagedPool;
 
 /// Every heap block is wiped before it goes back to the pool: secrets moved out of a
-/// block leave copies in it (see WipeOnFree).
+/// block leave copies in it (see WipeOnFree). An allocation the pool refuses falls back on
+/// the heap reserve lent to the thread, if any (see crate::heap).
 #[global_allocator]
-static ALLOCATOR: wsktls_crypto::WipeOnFree<NonPagedPool> = wsktls_crypto::WipeOnFree(NonPagedPool);
+static ALLOCATOR: wsktls_crypto::WipeOnFree<Reserving<NonPagedPool>> =
+    wsktls_crypto::WipeOnFree(Reserving(NonPagedPool));
 
 // SAFETY: every block comes from ExAllocatePool2 (zeroed, 16-aligned) or is carved out of
 // one with the pool address stored just before it; dealloc frees exactly that block.
