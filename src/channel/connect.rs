@@ -5,10 +5,12 @@
 use core::sync::atomic::AtomicPtr;
 
 use super::config::{ChannelConfig, MIN_RECEIVE_BUFFER};
+use super::keys::Keys;
 use super::receive::Rx;
 use super::send::{SEND_SLOTS, Tx};
 use super::status::status_of;
 use super::{Channel, ReceiveDone, SendDone, Shared};
+use crate::heap::Reserve;
 use crate::log;
 use crate::log::Level;
 use crate::nt::{
@@ -17,12 +19,21 @@ use crate::nt::{
 };
 use crate::platform::PLATFORM;
 use crate::tls::record::MAX_RECORD;
-use crate::tls::{Established, HandshakeError, Transport, handshake};
+use crate::tls::{Established, HandshakeError, Lender, TlsError, Transport, handshake};
 use crate::wsk::{BufferLease, Request, Socket, Span, WskClient};
 
 const TAG_CHANNEL: u32 = pool_tag(b"WtCh");
 const TAG_RECEIVE: u32 = pool_tag(b"WtRx");
 const TAG_HANDSHAKE: u32 = pool_tag(b"WtHs");
+const TAG_HEAP_RESERVE: u32 = pool_tag(b"WtHr");
+
+/// The heap reserve behind rustls during connect: the most a handshake was seen to use
+/// when every one of its heap allocations fell to the reserve, with room to spare (see
+/// `tests/low_resources.rs`, which measures it, and README's Known limits).
+pub const HANDSHAKE_HEAP: usize = 128 * 1024;
+
+/// The heap reserve behind a KeyUpdate's derivations, kept by the open channel.
+pub const KEY_UPDATE_HEAP: usize = 1024;
 
 /// Stack for connect and its handshake: connect's own frame is about 9.6 KiB (release) and
 /// ring's RSA verification about 10.5 KiB, with rustls and webpki between them; leave room.
@@ -54,7 +65,31 @@ impl Channel {
         if !config.is_valid() {
             return Err(STATUS_INVALID_PARAMETER);
         }
-        let setup = config.tls.client_setup(&PLATFORM).map_err(status_of)?;
+        // rustls cannot take a failed heap allocation: its calls run with a reserve behind
+        // them (see crate::heap), taken while a failure is still a plain status.
+        let heap = Reserve::new(HANDSHAKE_HEAP, TAG_HEAP_RESERVE)?;
+        let (socket, established, receive_buffer) = Self::handshake_with(client, config, &heap)?;
+        // The reserve stays with the channel if blocks it served live on in the session;
+        // otherwise a small one, enough for KeyUpdates, takes its place.
+        let heap = match heap.has_blocks_out() {
+            true => heap,
+            false => {
+                drop(heap);
+                Reserve::new(KEY_UPDATE_HEAP, TAG_HEAP_RESERVE)?
+            }
+        };
+        let budget = config.budget(socket.ideal_send_backlog().ok());
+        let lease = client.lease_buffers()?;
+        Self::open(socket, established, heap, receive_buffer, lease, config, budget)
+    }
+
+    /// Connects the socket and runs the handshake over it.
+    fn handshake_with(
+        client: &WskClient,
+        config: &ChannelConfig,
+        heap: &Reserve,
+    ) -> Result<(Socket, Established, PoolBuffer), NTSTATUS> {
+        let setup = heap.lend(|| config.tls.client_setup(&PLATFORM))?.map_err(status_of)?;
         let receive_buffer = PoolBuffer::new(config.receive_buffer.max(MIN_RECEIVE_BUFFER), TAG_RECEIVE)?;
         // Connecting.
         let socket = client.connect(config.remote, config.connect_timeout_ms)?;
@@ -71,20 +106,20 @@ impl Channel {
             // SAFETY: the two buffers are ours and only touched through these slices while
             // the handshake runs; `io` reaches them only by address, for the MDLs.
             let (incoming, outgoing) = unsafe { (io.incoming.slice(), io.outgoing.slice()) };
-            handshake(setup, &PLATFORM, &mut io, incoming, outgoing, config.key_update_after_records)
+            handshake(setup, &PLATFORM, heap, &mut io, incoming, outgoing, config.key_update_after_records)
         };
         let established = established.map_err(|e| match e {
             HandshakeError::Transport(status) => status,
             HandshakeError::Tls(e) => status_of(e),
         })?;
-        let budget = config.budget(socket.ideal_send_backlog().ok());
-        Self::open(socket, established, receive_buffer, client.lease_buffers()?, config, budget)
+        Ok((socket, established, receive_buffer))
     }
 
     /// Builds the open channel around a finished handshake and starts receiving.
     fn open(
         socket: Socket,
         e: Established,
+        heap: Reserve,
         receive_buffer: PoolBuffer,
         lease: BufferLease,
         config: &ChannelConfig,
@@ -101,7 +136,7 @@ impl Channel {
             failure: Default::default(),
             tx: SpinLock::new(tx),
             rx: SpinLock::new(rx),
-            keys: SpinLock::new(e.kernel),
+            keys: SpinLock::new(Keys::new(e.kernel, heap)),
             sends,
             receive,
             drained: Event::new(),
@@ -115,6 +150,13 @@ impl Channel {
         // Records that arrived with the handshake's last flight, then the first receive.
         channel.shared.pump_rx();
         Ok(channel)
+    }
+}
+
+impl Lender for Reserve {
+    fn lend<R>(&self, f: impl FnOnce() -> R) -> Result<R, TlsError> {
+        // Only if all of the reserves' slots are taken: a thousand connects at once.
+        Reserve::lend(self, f).map_err(|_| TlsError::Internal)
     }
 }
 

@@ -8,30 +8,30 @@
 //! consumer closes the channel.
 //!
 //! Send and receive run in parallel under separate spin locks (TX and RX each own their
-//! key and sequence number); the rustls `KernelConnection` that derives the next keys on a
-//! KeyUpdate has a third, always taken last.
+//! key and sequence number); the rustls key schedule that derives the next keys on a
+//! KeyUpdate ([`keys::Keys`]) has a third, always taken last.
 
 mod config;
 mod connect;
+mod keys;
 mod pump;
 mod receive;
 mod send;
 mod status;
 
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
-use rustls::client::ClientConnectionData;
-use rustls::kernel::KernelConnection;
 use wsktls_crypto::Suite;
 
 pub use config::{
     ChannelConfig, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DISCONNECT_TIMEOUT_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS,
     MAX_SEND_BUDGET, MIN_RECEIVE_BUFFER, MIN_RECORD_SIZE, MIN_SEND_BUDGET,
 };
+pub use connect::{HANDSHAKE_HEAP, KEY_UPDATE_HEAP};
 pub use receive::ReceiveStats;
 pub use send::SendStats;
 
+use keys::Keys;
 use receive::{End, Rx};
 use send::{CloseNotify, Failure, SEND_SLOTS, Tx};
 
@@ -41,6 +41,7 @@ use crate::nt::{
     STATUS_IO_TIMEOUT, STATUS_SUCCESS, STATUS_TIMEOUT, SpinLock, interrupt_time_100ns,
 };
 use crate::platform::PLATFORM;
+use crate::tls::Protocol;
 use crate::wsk::{Completion, Request, Socket};
 
 /// A channel's observable state.
@@ -58,7 +59,7 @@ pub enum State {
 #[derive(Clone, Debug)]
 pub struct ChannelInfo {
     pub suite: Suite,
-    pub alpn: Option<Vec<u8>>,
+    pub alpn: Option<Protocol>,
     pub peer_certificate_sha256: [u8; 32],
     pub sent: SendStats,
     pub received: ReceiveStats,
@@ -76,13 +77,13 @@ pub(crate) struct Shared {
     failure: AtomicI32,
     tx: SpinLock<Tx>,
     rx: SpinLock<Rx>,
-    keys: SpinLock<KernelConnection<ClientConnectionData>>,
+    keys: SpinLock<Keys>,
     sends: [Request<SendDone>; SEND_SLOTS],
     receive: Request<ReceiveDone>,
     /// Signalled whenever the send side drains (disconnect waits on it).
     drained: Event,
     suite: Suite,
-    alpn: Option<Vec<u8>>,
+    alpn: Option<Protocol>,
     peer_certificate_sha256: [u8; 32],
 }
 
@@ -253,7 +254,7 @@ impl Channel {
         let s = &self.shared;
         ChannelInfo {
             suite: s.suite,
-            alpn: s.alpn.clone(),
+            alpn: s.alpn,
             peer_certificate_sha256: s.peer_certificate_sha256,
             sent: s.tx.lock().stats(),
             received: s.rx.lock().stats(),

@@ -3,10 +3,9 @@
 //! buffer bounds what is kept for a consumer that is not reading: when it is full, no
 //! receive is posted and TCP's window holds the peer back.
 
-use rustls::client::ClientConnectionData;
-use rustls::kernel::KernelConnection;
-use wsktls_crypto::{Platform, SecretBytes, TrafficKey};
+use wsktls_crypto::{Platform, SecretBytes};
 
+use super::keys::Keys;
 use super::pump::Pump;
 use super::send::Failure;
 use crate::interface::{Completions, ConsumerRequest, RequestQueue};
@@ -178,7 +177,7 @@ impl Rx {
     pub(crate) fn pass<P: Platform>(
         &mut self,
         failure: Option<NTSTATUS>,
-        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
+        keys: &SpinLock<Keys>,
         done: &mut Completions,
         platform: &P,
     ) -> Result<Action, Failure> {
@@ -246,11 +245,7 @@ impl Rx {
         self.end == End::Open && !self.segments.is_full() && self.complete_record_buffered()
     }
 
-    fn open_records(
-        &mut self,
-        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
-        owe_key_update: &mut bool,
-    ) -> Result<(), TlsError> {
+    fn open_records(&mut self, keys: &SpinLock<Keys>, owe_key_update: &mut bool) -> Result<(), TlsError> {
         while self.end == End::Open && !self.segments.is_full() {
             // SAFETY: `[parsed, filled)` is received data inside the buffer; a posted
             // receive writes only at `filled` and beyond, so nothing else touches it.
@@ -281,8 +276,7 @@ impl Rx {
                     let (opener, stats) = (&mut self.opener, &mut self.stats);
                     self.reader.feed(plaintext, |message| match message {
                         PostHandshake::KeyUpdate { update_requested } => {
-                            let (_, secrets) = keys.lock().update_rx_secret().map_err(TlsError::from)?;
-                            opener.rekey(TrafficKey::new(&secrets).ok_or(TlsError::Internal)?);
+                            opener.rekey(keys.lock().next_rx()?);
                             stats.key_updates += 1;
                             *owe_key_update |= update_requested;
                             Ok(())

@@ -7,11 +7,10 @@
 
 use alloc::vec::Vec;
 
-use rustls::client::ClientConnectionData;
-use rustls::kernel::KernelConnection;
-use wsktls_crypto::{Platform, TrafficKey, wipe};
+use wsktls_crypto::{Platform, wipe};
 
 use super::config::MAX_SEND_BUDGET;
+use super::keys::Keys;
 use super::pump::Pump;
 use crate::interface::{Completions, ConsumerRequest, RequestQueue};
 use crate::nt::{NTSTATUS, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, SpinLock};
@@ -251,7 +250,7 @@ impl Tx {
     pub(crate) fn pass<P: Platform>(
         &mut self,
         failure: Option<NTSTATUS>,
-        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
+        keys: &SpinLock<Keys>,
         done: &mut Completions,
         platform: &P,
     ) -> Pass {
@@ -298,10 +297,7 @@ impl Tx {
     /// Seals records into one batch, packed into send buffers taken as they fill. A
     /// failure part-way still returns the records sealed before it, so what goes on the
     /// wire matches the sequence numbers used (the alert that follows must be readable).
-    fn seal_batch(
-        &mut self,
-        keys: &SpinLock<KernelConnection<ClientConnectionData>>,
-    ) -> (Option<Batch>, Option<Failure>) {
+    fn seal_batch(&mut self, keys: &SpinLock<Keys>) -> (Option<Batch>, Option<Failure>) {
         let limit = self.batch_limit();
         // Wire bytes sealed into this batch (every record is at least OVERHEAD of them).
         let (mut wire, mut nodelay) = (0, false);
@@ -471,10 +467,8 @@ impl Tx {
     }
 
     /// After sealing our KeyUpdate: the next traffic key.
-    fn rekey(&mut self, keys: &SpinLock<KernelConnection<ClientConnectionData>>) -> Result<(), TlsError> {
-        let (_, secrets) = keys.lock().update_tx_secret().map_err(TlsError::from)?;
-        let key = TrafficKey::new(&secrets).ok_or(TlsError::Internal)?;
-        self.sealer.rekey(key);
+    fn rekey(&mut self, keys: &SpinLock<Keys>) -> Result<(), TlsError> {
+        self.sealer.rekey(keys.lock().next_tx()?);
         self.key_update_owed = false;
         self.stats.key_updates += 1;
         Ok(())

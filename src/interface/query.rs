@@ -74,7 +74,7 @@ fn session(info: &ChannelInfo) -> WSKTLS_SESSION_INFO {
         Alpn: [0; 255],
         PeerCertificateSha256: info.peer_certificate_sha256,
     };
-    if let Some(alpn) = &info.alpn {
+    if let Some(alpn) = info.alpn.as_ref().map(|p| p.as_bytes()) {
         let n = alpn.len().min(s.Alpn.len());
         s.Alpn[..n].copy_from_slice(&alpn[..n]);
         s.AlpnLength = n as u8;

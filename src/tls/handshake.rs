@@ -1,8 +1,6 @@
 //! The TLS 1.3 handshake, driven by rustls's unbuffered client over a blocking transport
 //! (the channel runs it at PASSIVE_LEVEL), ending in the hand-over to our record layer.
 
-use alloc::vec::Vec;
-
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
@@ -11,6 +9,13 @@ use wsktls_crypto::{Platform, SecretBytes, Suite, TrafficKey, sha256, suite_of};
 use super::TlsError;
 use super::config::ClientSetup;
 use super::record::{Opener, Sealer};
+
+/// Runs a call into rustls with memory behind its heap allocations: rustls cannot take a
+/// failed allocation, and in the kernel one is a bugcheck (the channel lends its heap
+/// reserve, see `crate::heap`). Fails, without running `f`, if it cannot.
+pub trait Lender {
+    fn lend<R>(&self, f: impl FnOnce() -> R) -> Result<R, TlsError>;
+}
 
 /// Moves handshake bytes. Both calls block, and the implementation bounds them by the
 /// handshake deadline.
@@ -42,7 +47,7 @@ pub struct Established {
     pub sealer: Sealer,
     pub opener: Opener,
     pub suite: Suite,
-    pub alpn: Option<Vec<u8>>,
+    pub alpn: Option<Protocol>,
     /// SHA-256 of the server's leaf certificate (DER).
     pub peer_certificate_sha256: [u8; 32],
     /// Bytes at the start of `incoming` that arrived after the handshake's last message:
@@ -52,32 +57,64 @@ pub struct Established {
     pub early_plaintext: SecretBytes,
 }
 
+/// The protocol ALPN chose: at most 255 bytes (RFC 7301 §3.1), held inline so that
+/// asking a channel for it allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Protocol {
+    len: u8,
+    bytes: [u8; 255],
+}
+
+impl Protocol {
+    pub fn new(name: &[u8]) -> Result<Protocol, TlsError> {
+        let len = u8::try_from(name.len()).map_err(|_| TlsError::Internal)?;
+        let mut bytes = [0; 255];
+        bytes[..name.len()].copy_from_slice(name);
+        Ok(Protocol { len, bytes })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl core::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:?}", self.as_bytes().escape_ascii())
+    }
+}
+
 /// Runs the handshake to completion. `incoming` must hold the largest record (it is the
 /// buffer records are received into); `outgoing` must hold our largest flight.
 /// `confidentiality_limit` caps the records one key may protect (lowered in tests).
-pub fn handshake<T: Transport, P: Platform>(
+/// Every call into rustls runs lent by `heap`; the transport's calls run without.
+pub fn handshake<T: Transport, P: Platform, L: Lender>(
     setup: ClientSetup,
     platform: &P,
+    heap: &L,
     io: &mut T,
     incoming: &mut [u8],
     outgoing: &mut [u8],
     confidentiality_limit: Option<u64>,
 ) -> Result<Established, HandshakeError<T::Error>> {
-    let mut conn =
-        UnbufferedClientConnection::new(setup.config, setup.server_name).map_err(TlsError::from)?;
+    let mut conn = heap
+        .lend(|| UnbufferedClientConnection::new(setup.config, setup.server_name))?
+        .map_err(TlsError::from)?;
     let mut filled = 0; // received bytes in `incoming`
     let mut encoded = 0; // handshake bytes waiting in `outgoing`
     let mut early_plaintext = SecretBytes::new();
     loop {
         let step = platform
             .with_vector_state(|| {
-                step(&mut conn, &mut incoming[..filled], &mut outgoing[encoded..], &mut early_plaintext)
+                heap.lend(|| {
+                    step(&mut conn, &mut incoming[..filled], &mut outgoing[encoded..], &mut early_plaintext)
+                })
             })
             .map_err(|_| TlsError::Internal)?;
-        let step = match step {
+        let step = match step.and_then(|s| s) {
             Ok(step) => step,
             Err(e) => {
-                send_alert(&mut conn, platform, io, &mut incoming[..filled], outgoing);
+                send_alert(&mut conn, platform, heap, io, &mut incoming[..filled], outgoing);
                 return Err(e.into());
             }
         };
@@ -101,14 +138,14 @@ pub fn handshake<T: Transport, P: Platform>(
             Next::Done => break,
         }
     }
-    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let alpn = conn.alpn_protocol().map(Protocol::new).transpose()?;
     let leaf = conn.peer_certificates().and_then(|c| c.first()).ok_or(TlsError::BadCertificate)?;
     let peer_certificate_sha256 = sha256(leaf);
     let suite = conn.negotiated_cipher_suite().ok_or(TlsError::Internal)?;
     let limit = suite.tls13().ok_or(TlsError::NoCommonParameters)?.common.confidentiality_limit;
     let limit = confidentiality_limit.map_or(limit, |l| l.min(limit));
     let suite = suite_of(suite).ok_or(TlsError::NoCommonParameters)?;
-    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(TlsError::from)?;
+    let (secrets, kernel) = heap.lend(|| conn.dangerous_into_kernel_connection())?.map_err(TlsError::from)?;
     let (tx_sequence, tx) = secrets.tx;
     let (rx_sequence, rx) = secrets.rx;
     let tx = TrafficKey::new(&tx).ok_or(TlsError::Internal)?;
@@ -129,18 +166,21 @@ pub fn handshake<T: Transport, P: Platform>(
 /// best effort, so the server's log names the reason rather than a dropped connection.
 /// `incoming` must be the bytes of the failed call: rustls still counts in them (given an
 /// empty slice after a malformed record it indexes past its end and panics).
-fn send_alert<T: Transport, P: Platform>(
+fn send_alert<T: Transport, P: Platform, L: Lender>(
     conn: &mut UnbufferedClientConnection,
     platform: &P,
+    heap: &L,
     io: &mut T,
     incoming: &mut [u8],
     outgoing: &mut [u8],
 ) {
-    let encoded = platform.with_vector_state(|| match conn.process_tls_records(incoming).state {
-        Ok(ConnectionState::EncodeTlsData(mut data)) => data.encode(outgoing).ok(),
-        _ => None,
+    let encoded = platform.with_vector_state(|| {
+        heap.lend(|| match conn.process_tls_records(incoming).state {
+            Ok(ConnectionState::EncodeTlsData(mut data)) => data.encode(outgoing).ok(),
+            _ => None,
+        })
     });
-    if let Ok(Some(n)) = encoded {
+    if let Ok(Ok(Some(n))) = encoded {
         let _ = io.send(&outgoing[..n]);
     }
 }

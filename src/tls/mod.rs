@@ -13,6 +13,6 @@ pub mod record;
 
 pub use config::{ClientAuth, ClientSetup, TlsParams};
 pub use error::TlsError;
-pub use handshake::{Established, HandshakeError, Transport, handshake};
+pub use handshake::{Established, HandshakeError, Lender, Protocol, Transport, handshake};
 pub use message::{Alert, HandshakeReader, PostHandshake, alert, key_update, read_alert};
 pub use record::{ContentType, Opened, Opener, Sealer};
