@@ -6,25 +6,20 @@
 
 mod common;
 
-use std::cell::Cell;
 use std::io::{self, Write};
-use std::mem::ManuallyDrop;
 use std::net::Shutdown;
-use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::consumer::{ConsumerIrp, channel_config};
+use common::consumer::channel_config;
 use common::hostile::*;
-use common::{Done, STALL, TAG_TEST, client};
+use common::{STALL, client};
 use ntsim::{Faults, Kernel};
 use rustls::{AlertDescription, CipherSuite};
 use wsktls::channel::{Channel, ChannelConfig, State};
-use wsktls::interface;
 use wsktls::nt::{
-    NTSTATUS, PoolBuffer, SEC_E_ILLEGAL_MESSAGE, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED,
-    STATUS_IO_TIMEOUT, STATUS_PENDING, STATUS_SUCCESS, STATUS_WSKTLS_PEER_ALERT, STATUS_WSKTLS_TRUNCATED,
-    WSK_BUF, WSK_FLAG_WAITALL,
+    NTSTATUS, SEC_E_ILLEGAL_MESSAGE, STATUS_CANCELLED, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT,
+    STATUS_PENDING, STATUS_SUCCESS, STATUS_WSKTLS_PEER_ALERT, STATUS_WSKTLS_TRUNCATED, WSK_FLAG_WAITALL,
 };
 
 /// A fault after the handshake is reported within this (the driver needs microseconds;
@@ -47,109 +42,6 @@ const KEY_UPDATE_BURST: usize = 20;
 
 const BEFORE: &[u8] = b"application data before the fault";
 const AFTER: &[u8] = b"application data after the fault: never delivered";
-
-/// One consumer request on its own IRP, buffer (zeroed) and completion channel.
-struct Request {
-    irp: ManuallyDrop<ConsumerIrp>,
-    buffer: ManuallyDrop<PoolBuffer>,
-    done: Receiver<Done>,
-    /// Seen completed: its IRP and buffer are the test's again.
-    completed: Cell<bool>,
-}
-
-impl Drop for Request {
-    fn drop(&mut self) {
-        // A test that failed may drop a request the channel still holds (the channel is
-        // dropped later): leak its IRP and buffer rather than free them under the driver.
-        if self.completed.get() || self.done.try_recv().is_ok() {
-            // SAFETY: dropped once, here; the driver is done with both.
-            unsafe {
-                ManuallyDrop::drop(&mut self.irp);
-                ManuallyDrop::drop(&mut self.buffer);
-            }
-        }
-    }
-}
-
-impl Request {
-    fn new(len: usize) -> Request {
-        let (tx, done) = mpsc::channel();
-        let buffer = PoolBuffer::new(len, TAG_TEST).expect("buffer");
-        Request {
-            irp: ManuallyDrop::new(ConsumerIrp::new(0, &tx)),
-            buffer: ManuallyDrop::new(buffer),
-            done,
-            completed: Cell::new(false),
-        }
-    }
-
-    fn buf(&self) -> WSK_BUF {
-        WSK_BUF { Mdl: self.buffer.mdl(), Offset: 0, Length: self.buffer.len() }
-    }
-
-    /// A receive of up to `len` bytes, issued; returns what the call returned.
-    fn receive(channel: &Channel, len: usize) -> (Request, NTSTATUS) {
-        let r = Request::new(len);
-        // SAFETY: our armed IRP and buffer, alive until the completion (the tests wait for
-        // it, or close the channel, before dropping the request).
-        let status = unsafe { interface::receive(channel, &r.buf(), 0, r.irp.arm()) };
-        (r, status)
-    }
-
-    /// A receive with `flags` that may complete at once or later.
-    fn pending_or_ready_receive(channel: &Channel, len: usize, flags: u32) -> Request {
-        let r = Request::new(len);
-        // SAFETY: as for receive.
-        let status = unsafe { interface::receive(channel, &r.buf(), flags, r.irp.arm()) };
-        assert!(status == STATUS_PENDING || status == STATUS_SUCCESS, "{status:?}");
-        r
-    }
-
-    /// A receive that must pend.
-    fn pending_receive(channel: &Channel, len: usize) -> Request {
-        let (r, status) = Request::receive(channel, len);
-        assert_eq!(status, STATUS_PENDING, "a receive with nothing to deliver pends");
-        r
-    }
-
-    /// A send of `data`, issued; returns what the call returned.
-    fn send(channel: &Channel, data: &[u8]) -> (Request, NTSTATUS) {
-        let mut r = Request::new(data.len());
-        r.buffer.as_mut_slice().copy_from_slice(data);
-        // SAFETY: as for receive.
-        let status = unsafe { interface::send(channel, &r.buf(), 0, r.irp.arm()) };
-        (r, status)
-    }
-
-    fn wait(&self) -> Done {
-        let done = self.done.recv_timeout(STALL).expect("the request completes");
-        self.completed.set(true);
-        done
-    }
-
-    /// The completion, which must have happened already (close returns after it).
-    fn completed_already(&self) -> Done {
-        let done = self.done.try_recv().expect("completed before close returned");
-        self.completed.set(true);
-        done
-    }
-
-    fn assert_pending(&self, watch: Duration) {
-        if let Ok(d) = self.done.recv_timeout(watch) {
-            self.completed.set(true);
-            panic!("the request completed while it should pend: {d:?}");
-        }
-    }
-
-    /// The bytes a completed receive delivered.
-    fn received(&self, done: &Done) -> &[u8] {
-        &self.buffer.as_slice()[..done.bytes]
-    }
-
-    fn untouched(&self) -> bool {
-        self.buffer.as_slice().iter().all(|&b| b == 0)
-    }
-}
 
 /// A request on a failed channel is refused at once, with STATUS_FILE_FORCED_CLOSED.
 fn assert_refused(channel: &Channel) {
