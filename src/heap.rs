@@ -51,6 +51,11 @@ pub struct Reserve {
     high_water: AtomicUsize,
 }
 
+// SAFETY: the reserve owns its buffer's box outright (the pointer is `into_raw`'s); what
+// other threads see of it goes through the slot's atomics. Not Sync: `lend` assumes one
+// call at a time, which its owner ensures (connect's thread, or the channel's keys lock).
+unsafe impl Send for Reserve {}
+
 impl Reserve {
     /// `bytes` of nonpaged pool, tagged `tag`. IRQL <= DISPATCH_LEVEL.
     pub fn new(bytes: usize, tag: u32) -> Result<Reserve, NTSTATUS> {
@@ -81,12 +86,10 @@ impl Reserve {
             n => &TABLE[n - 1],
         };
         let (thread, irql) = here();
-        slot.write(|s| {
-            s.irql.store(irql, Ordering::Relaxed);
-            s.thread.store(thread, Ordering::Relaxed);
-        });
+        slot.irql.store(irql, Ordering::Relaxed);
+        slot.thread.store(thread, Ordering::Release);
         let r = f();
-        slot.write(|s| s.thread.store(0, Ordering::Relaxed));
+        slot.thread.store(0, Ordering::Release);
         self.high_water.fetch_max(slot.high_water.load(Ordering::Relaxed), Ordering::Relaxed);
         // Nothing allocates from the slot now (it has no borrower), so `live` only falls.
         if slot.live.load(Ordering::Acquire) == OWNER {
@@ -160,10 +163,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Reserving<A> {
     }
 }
 
-/// One registered reserve, as every thread sees it. Fields that change while the slot is
-/// in use (`registered`, `start`, `end`, `thread`, `irql`) change under `seq`, a seqlock:
-/// a reader that sees `seq` odd or changed knows the slot is not describing a reserve it
-/// could hold a block of (such a reserve's slot is stable).
+/// One registered reserve, as every thread sees it. What says which memory is the
+/// reserve's (`registered`, `start`, `end`) changes under `seq`, a seqlock, and only when
+/// no block of it is out (claim, unregister): so a free that sees `seq` odd or changed
+/// knows its block is not the reserve's. The borrower (`thread`, then `irql`) is set and
+/// cleared by the borrower itself, `irql` first: another thread never matches it, and a
+/// DPC that interrupts the borrower runs at another IRQL.
 struct Slot {
     /// Claimed by a reserve (the one writer of the fields under `seq`).
     owned: AtomicBool,
@@ -173,6 +178,7 @@ struct Slot {
     end: AtomicUsize,
     /// The borrower, or 0.
     thread: AtomicUsize,
+    /// The borrower's IRQL.
     irql: AtomicU8,
     /// The bump pointer; only the borrower moves it.
     next: AtomicUsize,
@@ -277,7 +283,7 @@ impl Slot {
 
     /// Whether `who` is the borrower.
     fn borrowed_by(&self, who: (usize, KIRQL)) -> bool {
-        self.read(|s| s.thread.load(Ordering::Relaxed) == who.0 && s.irql.load(Ordering::Relaxed) == who.1)
+        self.thread.load(Ordering::Acquire) == who.0 && self.irql.load(Ordering::Relaxed) == who.1
     }
 
     /// A block for the borrower, or null if the reserve is spent.
