@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::consumer::channel_config;
 use common::hostile::*;
+use common::requests::Request;
 use common::{STALL, client};
 use ntsim::{Faults, Kernel};
 use rustls::{AlertDescription, CipherSuite};

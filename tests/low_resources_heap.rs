@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use common::client;
 use common::consumer::channel_config;
-use common::hostile::{HostilePeer, Request};
+use common::hostile::HostilePeer;
+use common::requests::Request;
 use ntsim::Kernel;
 use wsktls::channel::{Channel, HANDSHAKE_HEAP, KEY_UPDATE_HEAP};
 use wsktls::heap::{Reserving, lent_here, most_used};

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod hostile;
 pub mod peers;
 pub mod proxy;
+pub mod requests;
 pub mod rig;
 
 use std::collections::VecDeque;
