@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{
     CONNECT_TIMEOUT_MS, EchoServer, STALL, TAG_TEST, Transfer, client, closed_port, pattern, with_connection,
 };
-use ntsim::{Config, Faults, Kernel, Rule};
+use ntsim::{Breaks, Config, Faults, Kernel, Rule};
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_REFUSED, STATUS_CONNECTION_RESET,
     STATUS_DEVICE_NOT_READY, STATUS_FILE_FORCED_CLOSED, STATUS_IO_TIMEOUT, STATUS_SUCCESS, WSK_BUF,
@@ -126,6 +126,55 @@ fn forced_close_mid_transfer_completes_every_outstanding_request_with_file_force
         socket.close();
         t.assert_quiet(QUIET);
     });
+    kernel.finish();
+}
+
+/// A transport where the first request on a connection breaks it as `breaks` says.
+fn breaking(breaks: Breaks) -> Kernel {
+    booted(Faults { breaks: Some(breaks), ..Faults::default() })
+}
+
+/// Echoes until the break, then checks that every request completed once, each failure
+/// with `status`, and that a request issued afterwards fails the same way.
+fn echo_until_broken(kernel: &Kernel, status: NTSTATUS) {
+    with_connection(kernel, &EchoServer::start("127.0.0.1"), |socket| {
+        let mut t = Transfer::new(MIB);
+        t.echo_all(&socket).expect_err("the connection breaks");
+        t.drain(STALL).expect("every outstanding request completes");
+        assert!(!t.failures.is_empty() && t.failures.iter().all(|s| *s == status), "{:?}", t.failures);
+        let before = t.failures.len();
+        t.issue(&socket).expect("issued");
+        t.drain(STALL).expect("completes");
+        assert!(t.failures.len() > before && t.failures.iter().all(|s| *s == status), "{:?}", t.failures);
+        socket.close();
+        t.assert_quiet(QUIET);
+    });
+}
+
+#[test]
+fn a_drawn_reset_fails_every_request_with_connection_reset_and_is_counted() {
+    let kernel = breaking(Breaks { reset: 1.0, ..Breaks::default() });
+    echo_until_broken(&kernel, STATUS_CONNECTION_RESET);
+    assert_eq!(kernel.stats().resets_injected, 1, "one connection, reset once");
+    kernel.finish();
+}
+
+#[test]
+fn a_drawn_forced_close_fails_every_request_with_file_forced_closed_and_is_counted() {
+    let kernel = breaking(Breaks { forced_close: 1.0, ..Breaks::default() });
+    echo_until_broken(&kernel, STATUS_FILE_FORCED_CLOSED);
+    assert_eq!(kernel.stats().forced_closes_injected, 1);
+    kernel.finish();
+}
+
+#[test]
+fn a_drawn_stall_holds_a_connection_still_for_its_time_then_it_carries_on() {
+    let stall = Duration::from_millis(300);
+    let kernel = breaking(Breaks { stall: 1.0, stall_time: (stall, stall), ..Breaks::default() });
+    let started = Instant::now();
+    echo(&kernel, "127.0.0.1", MIB);
+    assert!(started.elapsed() >= stall, "the echo took {:?}, less than the stall", started.elapsed());
+    assert!(kernel.stats().stalls_injected >= 1);
     kernel.finish();
 }
 

@@ -38,6 +38,26 @@ pub struct Faults {
     /// sends pending after a few KiB instead of after megabytes of autotuned buffer. The
     /// ideal send backlog the provider reports shrinks with it.
     pub send_buffer_bytes: Option<usize>,
+    /// Connections that break or stall at random moments: see [`Breaks`].
+    pub breaks: Option<Breaks>,
+}
+
+/// What can happen to a connected socket's connection, drawn once per WskSend and
+/// WskReceive from the socket's seeded generator: each field is the chance that the
+/// request is the one it happens under. The request is queued first, so it meets the
+/// fault with whatever else is pending.
+#[derive(Clone, Debug, Default)]
+pub struct Breaks {
+    /// The connection is reset: pending and later requests fail with
+    /// STATUS_CONNECTION_RESET, and the peer sees an RST.
+    pub reset: f64,
+    /// The transport goes away: pending and later requests fail with
+    /// STATUS_FILE_FORCED_CLOSED (as [`crate::Kernel::force_close_sockets`] does to all).
+    pub forced_close: f64,
+    /// Nothing moves on the connection for a random time in `stall_time`: no byte is
+    /// written or read and nothing completes, then it carries on.
+    pub stall: f64,
+    pub stall_time: (Duration, Duration),
 }
 
 impl Faults {

@@ -93,6 +93,10 @@ pub(crate) struct Counters {
     pub(crate) creates_sent: AtomicU64,
     pub(crate) null_bytes_sent: AtomicU64,
     pub(crate) null_bytes_received: AtomicU64,
+    /// `Faults::breaks` drawn.
+    pub(crate) resets_injected: AtomicU64,
+    pub(crate) forced_closes_injected: AtomicU64,
+    pub(crate) stalls_injected: AtomicU64,
 }
 
 /// What a kernel has seen and still holds.
@@ -148,6 +152,10 @@ pub struct Stats {
     /// of a rundown in progress going): a signal wakes the waiters of its object only,
     /// one of them for a synchronization object.
     pub waits_woken: u64,
+    /// Connections `Faults::breaks` reset, force-closed and stalled.
+    pub resets_injected: u64,
+    pub forced_closes_injected: u64,
+    pub stalls_injected: u64,
 }
 
 impl KernelInner {
@@ -484,6 +492,9 @@ impl Kernel {
             null_bytes_sent: c.null_bytes_sent.load(Ordering::Relaxed),
             null_bytes_received: c.null_bytes_received.load(Ordering::Relaxed),
             waits_woken: self.inner.dispatcher.woken(),
+            resets_injected: c.resets_injected.load(Ordering::Relaxed),
+            forced_closes_injected: c.forced_closes_injected.load(Ordering::Relaxed),
+            stalls_injected: c.stalls_injected.load(Ordering::Relaxed),
         }
     }
 

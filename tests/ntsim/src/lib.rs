@@ -57,7 +57,7 @@ mod wsk;
 mod xstate;
 
 pub use driver::{Driver, DriverEntry};
-pub use faults::{AllocKind, Faults, InjectedFailure};
+pub use faults::{AllocKind, Breaks, Faults, InjectedFailure};
 pub use interface::guid_text;
 pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};

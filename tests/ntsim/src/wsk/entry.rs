@@ -270,6 +270,8 @@ fn over_tcp(k: &KernelInner, s: &Socket, req: Request, d: &Direction) -> NTSTATU
         return (d.null)(k, s, feed, req);
     }
     k.mdls.mark_in_flight(irp, mdls, segments.clone());
+    let mut st = st;
+    st.draw_breaks(k);
     (d.stream)(s, st, req.op(segments, 0))
 }
 
@@ -296,6 +298,7 @@ fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -
         && !faults.split_sends
         && faults.completion_delay.is_none()
         && st.sends.is_empty()
+        && st.flowing()
     {
         let state = &mut *st;
         if let Some(stream) = state.stream.as_ref() {
@@ -421,6 +424,7 @@ fn receive_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op
         && !faults.split_receives
         && faults.completion_delay.is_none()
         && st.receives.is_empty()
+        && st.flowing()
     {
         let mut done = Vec::new();
         if let Some(stream) = st.stream.as_ref() {

@@ -64,6 +64,11 @@ pub(super) struct State {
     pub(super) write_shut: bool,
     /// TCP_NODELAY as last set on the stream (off, Windows's default, until a send asks).
     pub(super) nodelay: bool,
+    /// A break `Faults::breaks` drew, for the provider thread to apply: the status the
+    /// connection dies with.
+    pub(super) breaking: Option<NTSTATUS>,
+    /// A stall `Faults::breaks` drew: nothing moves until then.
+    pub(super) stalled_until: Option<Instant>,
 }
 
 /// The provider's socket object. `wsk` comes first: the client's PWSK_SOCKET points at it.
@@ -118,6 +123,8 @@ impl Socket {
                 eof: false,
                 write_shut: false,
                 nodelay: false,
+                breaking: None,
+                stalled_until: None,
             }),
         }
     }
@@ -334,6 +341,34 @@ impl State {
         }
     }
 
+    /// Draws the faults of `Faults::breaks` for one request on this connection, and counts
+    /// what it drew.
+    pub(super) fn draw_breaks(&mut self, k: &KernelInner) {
+        let Some(b) = k.faults().breaks else { return };
+        let c = &k.counters;
+        if self.breaking.is_none() {
+            if self.rng.chance(b.reset) {
+                self.breaking = Some(STATUS_CONNECTION_RESET);
+                c.resets_injected.fetch_add(1, Ordering::Relaxed);
+            } else if self.rng.chance(b.forced_close) {
+                self.breaking = Some(STATUS_FILE_FORCED_CLOSED);
+                c.forced_closes_injected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.stalled_until.is_none() && self.rng.chance(b.stall) {
+            let (lo, hi) = b.stall_time;
+            let micros = self.rng.range(lo.as_micros() as u64, hi.as_micros() as u64);
+            self.stalled_until = Some(Instant::now() + Duration::from_micros(micros));
+            c.stalls_injected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a request may be served on the caller's thread: no break or stall drawn
+    /// is waiting for the provider thread.
+    pub(super) fn flowing(&self) -> bool {
+        self.breaking.is_none() && self.stalled_until.is_none()
+    }
+
     fn delay(&mut self, k: &KernelInner) -> Option<Duration> {
         let (lo, hi) = k.faults().completion_delay?;
         let micros = self.rng.range(lo.as_micros() as u64, hi.as_micros() as u64);
@@ -382,9 +417,16 @@ pub(super) fn drive(
             }
         }
         Phase::Connected => {
-            pump_sends(k, &mut st, now, wake, &mut done);
-            pump_disconnect(&mut st, &mut done);
-            pump_receives(k, &mut st, now, wake, &mut done);
+            if let Some(status) = st.breaking.take() {
+                st.kill(status, true, &mut done);
+            } else if let Some(until) = st.stalled_until.filter(|&until| until > now) {
+                wake.again_at(until);
+            } else {
+                st.stalled_until = None;
+                pump_sends(k, &mut st, now, wake, &mut done);
+                pump_disconnect(&mut st, &mut done);
+                pump_receives(k, &mut st, now, wake, &mut done);
+            }
         }
         Phase::Dead(_) => {}
     }
