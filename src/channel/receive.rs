@@ -182,6 +182,9 @@ impl Rx {
         platform: &P,
     ) -> Result<Action, Failure> {
         if let Some(status) = failure {
+            // Only the first receive can hold bytes (a WSK_FLAG_WAITALL one, partly
+            // filled); they go to the consumer with the failure, so they count.
+            self.stats.plaintext_bytes += self.queue.front().map_or(0, |op| op.done() as u64);
             self.queue.fail_all(status, done);
             return Ok(Action::default());
         }
