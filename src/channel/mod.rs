@@ -163,14 +163,17 @@ impl Shared {
                 let pass = tx.pass(failure, &self.keys, &mut done, &PLATFORM);
                 (pass, tx.is_drained())
             };
+            // The failure is the channel's before any send completes with it: a consumer
+            // that sees one fail and calls again must be refused (STATUS_FILE_FORCED_CLOSED),
+            // not queued behind it.
+            if let Some(failure) = pass.failure {
+                self.fail(failure);
+            }
             // Completed while still the pump, so consumers see completions in order.
             done.complete_all();
             let idle = pass.batch.is_none();
             if let Some(batch) = pass.batch {
                 self.issue_send(batch);
-            }
-            if let Some(failure) = pass.failure {
-                self.fail(failure);
             }
             if drained {
                 self.signal_drained();
