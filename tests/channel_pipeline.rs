@@ -13,7 +13,7 @@ use common::peers::test_pki;
 use common::proxy::{Fault, Proxy};
 use common::{Done, STALL, TAG_TEST, client};
 use echo_peer::{Config as PeerConfig, Mode, Peer};
-use ntsim::{Config, Faults, Kernel};
+use ntsim::{Breaks, Config, Faults, Kernel};
 use wsktls::channel::{Channel, State};
 use wsktls::interface;
 use wsktls::nt::{
@@ -141,6 +141,88 @@ fn a_forced_close_of_the_socket_fails_the_channel_with_forced_closed() {
     let kernel = Kernel::boot_with(Config { faults, ..Config::default() });
     let peer = peer(Mode::Echo);
     transport_fails(&kernel, peer.addr(), STATUS_FILE_FORCED_CLOSED, || {});
+    kernel.finish();
+}
+
+/// What a consumer's completion routine does with a send that failed: sends again at
+/// once, from the routine, as a driver that retries might; the second call's return.
+struct Retry {
+    channel: *const Channel,
+    again: One,
+    returned: std::sync::Mutex<Option<NTSTATUS>>,
+    done: mpsc::Sender<Done>,
+}
+
+unsafe extern "system" fn send_again_if_failed(
+    _device: *mut wsktls::nt::DEVICE_OBJECT,
+    irp: *mut wsktls::nt::IRP,
+    context: *mut std::ffi::c_void,
+) -> NTSTATUS {
+    // SAFETY: the context is the test's Retry, alive until both sends complete.
+    let retry = unsafe { &*(context as *const Retry) };
+    // SAFETY: the completed IRP.
+    let (status, bytes) = unsafe { ((*irp).IoStatus.status(), (*irp).IoStatus.Information) };
+    if !status.is_success() {
+        // SAFETY: the channel outlives both sends; `again` is idle until now.
+        let r = unsafe { retry.again.send(&*retry.channel, 0) };
+        *retry.returned.lock().unwrap() = Some(r);
+    }
+    let _ = retry.done.send(Done { id: 0, status, bytes });
+    wsktls::nt::STATUS_MORE_PROCESSING_REQUIRED
+}
+
+#[test]
+fn a_send_issued_from_the_completion_of_a_send_the_transport_failed_is_refused_as_forced_closed() {
+    let kernel = Kernel::boot();
+    let source = peer(Mode::Source);
+    {
+        let _in = kernel.enter();
+        let client = client();
+        let channel =
+            Channel::connect(&client, &channel_config(source.addr(), "localhost")).expect("connect");
+        // Nobody reads: once the receive buffer is full no WskReceive is posted, so only
+        // the send pipeline can learn of the reset.
+        let deadline = std::time::Instant::now() + STALL;
+        while channel.info().received.receive_posted {
+            assert!(std::time::Instant::now() < deadline, "the receive buffer fills");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // From now on the first WskSend resets the connection.
+        kernel.set_faults(Faults {
+            breaks: Some(Breaks { reset: 1.0, ..Breaks::default() }),
+            ..Faults::default()
+        });
+        let (tx, rx) = mpsc::channel();
+        let retry =
+            Retry { channel: &channel, again: One::new(1, &tx, 100), returned: Default::default(), done: tx };
+        let first = PoolBuffer::new(1000, TAG_TEST).expect("buffer");
+        // SAFETY: a fresh IRP with one stack location for the consumer's routine.
+        let irp = unsafe { wsktls::nt::IoAllocateIrp(1, wsktls::nt::FALSE) };
+        assert!(!irp.is_null());
+        let context = &retry as *const Retry as *mut std::ffi::c_void;
+        let buf = WSK_BUF { Mdl: first.mdl(), Offset: 0, Length: first.len() };
+        // SAFETY: our IRP and buffer, alive until the completion; `retry` outlives it.
+        let returned = unsafe {
+            wsktls::nt::IoSetCompletionRoutine(irp, Some(send_again_if_failed), context, true, true, true);
+            interface::send(&channel, &buf, 0, irp)
+        };
+        assert_eq!(returned, STATUS_PENDING);
+        // The second send completes inside the first's routine, before it reports.
+        let mut done: Vec<Done> =
+            (0..2).map(|_| rx.recv_timeout(STALL).expect("both sends complete")).collect();
+        done.sort_by_key(|d| d.id);
+        assert_eq!(done[0].status, STATUS_CONNECTION_RESET, "the first send meets the reset");
+        assert_eq!(
+            *retry.returned.lock().unwrap(),
+            Some(STATUS_FILE_FORCED_CLOSED),
+            "the failure is sticky at once"
+        );
+        assert_eq!(done[1].status, STATUS_FILE_FORCED_CLOSED);
+        channel.close();
+        // SAFETY: completed, and ours again.
+        unsafe { wsktls::nt::IoFreeIrp(irp) };
+        assert_eq!(kernel.stats().resets_injected, 1);
+    }
     kernel.finish();
 }
 

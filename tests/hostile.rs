@@ -52,6 +52,29 @@ fn assert_refused(channel: &Channel) {
     assert_eq!((returned, receive.wait().status), (STATUS_FILE_FORCED_CLOSED, STATUS_FILE_FORCED_CLOSED));
 }
 
+#[test]
+fn bytes_a_waitall_receive_holds_at_a_fault_go_with_the_failure_and_count_as_received() {
+    with_peer(
+        Options::default(),
+        |_| {},
+        |channel, mut peer| {
+            let partial = Request::pending_or_ready_receive(&channel, 4096, WSK_FLAG_WAITALL);
+            peer.send_data(BEFORE).expect("send");
+            // Opened and copied into the receive, which waits for the rest.
+            let deadline = Instant::now() + STALL;
+            while channel.info().received.records == 0 {
+                assert!(Instant::now() < deadline, "the record arrives");
+                thread::sleep(Duration::from_millis(5));
+            }
+            peer.send_alert(FATAL, AlertDescription::InternalError).expect("send");
+            let done = partial.wait();
+            assert_eq!((done.status, partial.received(&done)), (STATUS_WSKTLS_PEER_ALERT, BEFORE));
+            let counted = channel.info().received.plaintext_bytes;
+            assert_eq!(counted, BEFORE.len() as u64, "the bytes the consumer was given count");
+        },
+    );
+}
+
 /// Opens a channel (with `config` adjusted) to a hostile peer made with `options` and runs
 /// `test` with the channel and the peer's side of the connection.
 fn with_peer(options: Options, adjust: impl FnOnce(&mut ChannelConfig), test: impl FnOnce(Channel, Session)) {
