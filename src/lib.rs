@@ -13,6 +13,7 @@ pub mod interface;
 #[cfg(target_os = "windows")]
 mod kernel;
 pub mod log;
+pub mod planted;
 pub mod platform;
 pub mod tls;
 pub mod wsk;

@@ -9,7 +9,10 @@ use super::keys::Keys;
 use super::pump::Pump;
 use super::send::Failure;
 use crate::interface::{Completions, ConsumerRequest, RequestQueue};
-use crate::nt::{NTSTATUS, PoolBuffer, STATUS_INVALID_BUFFER_SIZE, STATUS_SUCCESS, SpinLock};
+use crate::nt::{
+    NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_INVALID_BUFFER_SIZE, STATUS_SUCCESS, SpinLock,
+};
+use crate::planted::{Bug, planted};
 use crate::tls::{Alert, ContentType, HandshakeReader, Opener, PostHandshake, TlsError, read_alert};
 use crate::wsk::Span;
 
@@ -182,6 +185,9 @@ impl Rx {
         platform: &P,
     ) -> Result<Action, Failure> {
         if let Some(status) = failure {
+            if planted(Bug::ForgetQueuedReceiveOnClose) && status == STATUS_CANCELLED {
+                let _ = self.queue.pop();
+            }
             // Only the first receive can hold bytes (a WSK_FLAG_WAITALL one, partly
             // filled); they go to the consumer with the failure, so they count.
             self.stats.plaintext_bytes += self.queue.front().map_or(0, |op| op.done() as u64);
@@ -362,7 +368,11 @@ impl Rx {
                 break;
             }
             self.queue.pop();
+            let before = self.stats.plaintext_bytes;
             self.stats.plaintext_bytes += op.done() as u64;
+            if planted(Bug::LoseReceivedByte) && before < 1 << 16 && self.stats.plaintext_bytes >= 1 << 16 {
+                self.consume(1);
+            }
             done.add(op, STATUS_SUCCESS, op.done());
         }
     }

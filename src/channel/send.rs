@@ -14,6 +14,7 @@ use super::keys::Keys;
 use super::pump::Pump;
 use crate::interface::{Completions, ConsumerRequest, RequestQueue};
 use crate::nt::{NTSTATUS, PoolBuffer, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, SpinLock};
+use crate::planted::{Bug, planted};
 use crate::tls::record::{ContentType, HEADER_LEN, MAX_FRAGMENT, OVERHEAD, Sealer, full_record_fill};
 use crate::tls::{TlsError, alert, key_update};
 use crate::wsk::{BufferLease, PREFILLED, SEND_BUFFER_LEN, Span};
@@ -208,6 +209,10 @@ impl Tx {
             self.oldest_slot = (self.oldest_slot + 1) % SEND_SLOTS;
             for _ in 0..slot.buffers {
                 if let Some(buffer) = self.held.pop_front() {
+                    if planted(Bug::LeakFailedSendBuffers) && !status.is_success() {
+                        core::mem::forget(buffer);
+                        continue;
+                    }
                     self.lease.give(buffer);
                 }
             }
