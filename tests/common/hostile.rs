@@ -216,6 +216,13 @@ impl Session {
         })
     }
 
+    /// The server's side of `stream`, a connection from the driver, once a real
+    /// handshake over it is complete: what [`HostilePeer`] does with the one connection
+    /// it accepts, for a test that accepts its own.
+    pub fn accept(stream: TcpStream, suite: Option<CipherSuite>) -> io::Result<Session> {
+        Session::handshake(stream, Arc::new(server_config(suite)))
+    }
+
     /// The suite negotiated.
     pub fn suite(&self) -> CipherSuite {
         self.suite

@@ -3,12 +3,14 @@
 //! completions handled one at a time) and checks every byte and every completion.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod consumer;
 pub mod hostile;
 pub mod peers;
 pub mod proxy;
 pub mod requests;
 pub mod rig;
+pub mod soak;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use echo_peer::{Config as PeerConfig, Peer};
-use ntsim::{Device, Driver, EnterGuard, Kernel};
+use ntsim::{Config, Device, Driver, EnterGuard, Kernel};
 use wsktls::nt::*;
 use wsktls_sample_consumer::{Binding, ConnectParams, Consumer, Session};
 
@@ -73,7 +73,12 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(parameters: &[(&str, u32)]) -> Rig {
-        let kernel = Kernel::boot();
+        Rig::boot_with(Config::default(), parameters)
+    }
+
+    /// As [`Rig::new`], on a kernel booted with `config` (its seed, its faults).
+    pub fn boot_with(config: Config, parameters: &[(&str, u32)]) -> Rig {
+        let kernel = Kernel::boot_with(config);
         let _in = kernel.enter();
         let (wsktls, device) = load_wsktls(&kernel, parameters);
         let sample = load_consumer(&kernel);
@@ -114,7 +119,12 @@ pub struct Good {
 
 impl Good {
     pub fn new(peer: &Peer) -> Box<Good> {
-        let std::net::SocketAddr::V4(a) = peer.addr() else { panic!("IPv4 peer") };
+        Good::at(peer.addr())
+    }
+
+    /// Good parameters for a server at `addr` with the test PKI's identity.
+    pub fn at(addr: std::net::SocketAddr) -> Box<Good> {
+        let std::net::SocketAddr::V4(a) = addr else { panic!("IPv4 peer") };
         let address = SOCKADDR_IN {
             sin_family: AF_INET,
             sin_port: a.port().to_be(),

@@ -1,0 +1,45 @@
+//! The soak fails on bugs planted in the driver (`wsktls::planted`, host builds only):
+//! each promise it checks, shown broken once. A bug is planted for the whole process, so
+//! these soaks run one at a time, in a binary of their own.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::soak::{self, Plan};
+use wsktls::planted::{Bug, plant};
+
+/// One planted soak at a time.
+static PLANTED: Mutex<()> = Mutex::new(());
+
+/// Soaks for at most `seconds` with `bug` planted and returns what it reported.
+fn soak_with(bug: Bug, seconds: u64) -> String {
+    let _one = PLANTED.lock().unwrap_or_else(|e| e.into_inner());
+    let plan = Plan { duration: Duration::from_secs(seconds), ..Plan::from_env(seconds) };
+    plant(Some(bug));
+    let result = soak::run(&plan);
+    plant(None);
+    match result {
+        Ok(figures) => panic!("the soak kept every promise with {bug:?} planted:\n{figures}"),
+        Err(broken) => broken,
+    }
+}
+
+#[test]
+fn a_byte_lost_on_the_receive_path_is_reported_as_a_wrong_byte_of_the_stream() {
+    let broken = soak_with(Bug::LoseReceivedByte, 20);
+    assert!(broken.contains("of the stream arrived wrong"), "{broken}");
+}
+
+#[test]
+fn a_receive_forgotten_by_close_is_reported_as_never_completed() {
+    let broken = soak_with(Bug::ForgetQueuedReceiveOnClose, 20);
+    assert!(broken.contains("these requests never did"), "{broken}");
+}
+
+#[test]
+fn send_buffers_kept_after_a_failed_send_are_reported_as_pool_left_at_unload() {
+    let broken = soak_with(Bug::LeakFailedSendBuffers, 10);
+    assert!(broken.contains("at unload") && broken.contains("Wt"), "{broken}");
+}
