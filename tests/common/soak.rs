@@ -574,9 +574,18 @@ impl<'a> Worker<'a> {
         let connected = self.connect(&mut life, addr, &peer);
         if connected {
             figures(&|f| f.connected += 1);
-            let until = Instant::now() + Duration::from_millis(self.rng.range(50, 3000));
+            let start = Instant::now();
+            let until = start + Duration::from_millis(self.rng.range(50, 3000));
+            // One life in five disconnects mid-way, and keeps using the channel.
+            let disconnect_at = self
+                .rng
+                .chance(0.2)
+                .then(|| start + (until - start).mul_f64(self.rng.range(0, 100) as f64 / 100.0));
             let most = self.rng.size(8 << 20) as u64;
             while Instant::now() < until && !self.shared.stop.load(Ordering::Relaxed) {
+                if disconnect_at.is_some_and(|at| Instant::now() >= at) && !life.disconnected {
+                    self.disconnect(&mut life);
+                }
                 self.step(&mut life, most);
             }
             self.end(&mut life);
@@ -657,9 +666,8 @@ impl<'a> Worker<'a> {
         self.book_arrived(life, Duration::ZERO);
         match self.rng.range(0, 99) {
             0..=34 if life.next_position < most => self.send(life),
-            35..=69 => self.receive(life),
+            35..=69 => self.receive(life, false),
             70..=72 => self.query(life),
-            73 if !life.disconnected => self.disconnect(life),
             _ => {
                 let wait = Duration::from_millis(self.rng.range(0, 5));
                 self.book_arrived(life, wait);
@@ -705,13 +713,17 @@ impl<'a> Worker<'a> {
         self.shared.figures.lock().unwrap().sends += 1;
     }
 
-    fn receive(&mut self, life: &mut Life) {
+    /// A receive of random size and flags; `whole`: of all the slot's chain, with
+    /// WSK_FLAG_WAITALL (one that stays pending while the echo is short of it).
+    fn receive(&mut self, life: &mut Life, whole: bool) {
         let Some(i) = self.idle_slot(FIRST_RECEIVE, RECEIVES) else { return };
         let capacity = self.slots[i].chain.buffers.iter().map(|b| b.len()).sum::<usize>();
         let offset = self.rng.range(0, self.slots[i].chain.buffers[0].len() as u64 - 1) as u32;
-        let len = self.rng.size(capacity - offset as usize);
-        let bad_flags = self.rng.chance(0.02);
-        let flags = if bad_flags {
+        let len = if whole { capacity - offset as usize } else { self.rng.size(capacity - offset as usize) };
+        let bad_flags = !whole && self.rng.chance(0.02);
+        let flags = if whole {
+            WSK_FLAG_WAITALL
+        } else if bad_flags {
             self.bad_flags()
         } else if self.rng.chance(0.2) {
             WSK_FLAG_WAITALL
@@ -780,6 +792,16 @@ impl<'a> Worker<'a> {
     /// of the stream), by Disconnect and Close at once, or by Close alone, whatever is
     /// pending.
     fn end(&mut self, life: &mut Life) {
+        if !life.failures.is_empty() && life.failures.iter().all(|s| *s == STATUS_FILE_FORCED_CLOSED) {
+            // The consumer met the failure only as the refusal that follows one: its
+            // Disconnect says what the failure was.
+            if self.slots[DISCONNECT].busy.is_none() {
+                self.disconnect(life);
+            }
+            if let Some(done) = self.wait(life, DISCONNECT, CLOSE_WAIT) {
+                life.failures.push(done.status);
+            }
+        }
         if self.rng.chance(0.5) {
             self.finish_gracefully(life);
         } else {
@@ -790,7 +812,7 @@ impl<'a> Worker<'a> {
                 // Requests for Close to meet in flight.
                 self.send(life);
                 for _ in 0..RECEIVES {
-                    self.receive(life);
+                    self.receive(life, true);
                 }
             }
         }
@@ -827,7 +849,7 @@ impl<'a> Worker<'a> {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return;
             }
-            self.receive(life);
+            self.receive(life, false);
             self.book_arrived(life, Duration::from_millis(5));
             if life.received != last.0 {
                 last = (life.received, Instant::now());
@@ -1035,9 +1057,9 @@ impl<'a> Worker<'a> {
                 Ending::Oversized => vec![SEC_E_ILLEGAL_MESSAGE],
             });
         }
-        // A call that meets a failure the consumer has not seen (no request of its carried
-        // it) is refused with STATUS_FILE_FORCED_CLOSED: allowed wherever a failure is.
-        if allowed.iter().any(|s| *s != STATUS_CANCELLED) {
+        // A call that meets a failure the consumer has not seen yet is refused with
+        // STATUS_FILE_FORCED_CLOSED (`end` asks Disconnect for the failure itself).
+        if life.failures.iter().any(|s| ![STATUS_FILE_FORCED_CLOSED, STATUS_CANCELLED].contains(s)) {
             allowed.push(STATUS_FILE_FORCED_CLOSED);
         }
         for status in &life.failures {
