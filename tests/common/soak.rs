@@ -792,16 +792,6 @@ impl<'a> Worker<'a> {
     /// of the stream), by Disconnect and Close at once, or by Close alone, whatever is
     /// pending.
     fn end(&mut self, life: &mut Life) {
-        if !life.failures.is_empty() && life.failures.iter().all(|s| *s == STATUS_FILE_FORCED_CLOSED) {
-            // The consumer met the failure only as the refusal that follows one: its
-            // Disconnect says what the failure was.
-            if self.slots[DISCONNECT].busy.is_none() {
-                self.disconnect(life);
-            }
-            if let Some(done) = self.wait(life, DISCONNECT, CLOSE_WAIT) {
-                life.failures.push(done.status);
-            }
-        }
         if self.rng.chance(0.5) {
             self.finish_gracefully(life);
         } else {
@@ -817,6 +807,7 @@ impl<'a> Worker<'a> {
             }
         }
         self.book_arrived(life, Duration::ZERO);
+        self.learn_failure(life);
         if self.slots.iter().any(|s| s.busy.is_some()) {
             self.shared.figures.lock().unwrap().closes_with_requests_pending += 1;
         }
@@ -837,6 +828,20 @@ impl<'a> Worker<'a> {
         let left: Vec<_> = self.slots.iter().filter_map(|s| s.busy.map(|b| b.call)).collect();
         if !left.is_empty() {
             self.violation(format!("Close completed, and these requests never did: {left:?}"));
+        }
+    }
+
+    /// A consumer that met the channel's failure only as the refusal that follows one
+    /// (STATUS_FILE_FORCED_CLOSED) asks Disconnect, which answers with the failure itself.
+    fn learn_failure(&mut self, life: &mut Life) {
+        if life.failures.is_empty() || life.failures.iter().any(|s| *s != STATUS_FILE_FORCED_CLOSED) {
+            return;
+        }
+        if self.slots[DISCONNECT].busy.is_none() {
+            self.disconnect(life);
+        }
+        if let Some(done) = self.wait(life, DISCONNECT, CLOSE_WAIT) {
+            life.failures.push(done.status);
         }
     }
 
