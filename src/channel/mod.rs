@@ -128,6 +128,15 @@ impl Shared {
     /// Fails the channel (the first failure wins) and lets both pipelines complete what
     /// they hold. A TLS failure found by us also queues its alert for the peer.
     fn fail(&self, failure: Failure) {
+        self.record(failure);
+        self.pump_tx();
+        self.pump_rx();
+        self.signal_drained();
+    }
+
+    /// The first half of `fail`: the failure becomes the channel's (and its alert is
+    /// queued), so every call from here on is refused; nothing is completed yet.
+    fn record(&self, failure: Failure) {
         let status = match failure {
             Failure::Transport(s) => s,
             Failure::Tls(e) => {
@@ -140,9 +149,6 @@ impl Shared {
         if self.failure.compare_exchange(0, status.0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             crate::log!(crate::log::Level::Warning, "channel failed: {:?}", status);
         }
-        self.pump_tx();
-        self.pump_rx();
-        self.signal_drained();
     }
 
     fn signal_drained(&self) {
@@ -165,17 +171,23 @@ impl Shared {
             };
             // The failure is the channel's before any send completes with it: a consumer
             // that sees one fail and calls again must be refused (STATUS_FILE_FORCED_CLOSED),
-            // not queued behind it.
+            // not queued behind it. The rest of `fail` follows the completions, so they
+            // reach the consumer first, in order.
+            let failed = pass.failure.is_some();
             if let Some(failure) = pass.failure {
-                self.fail(failure);
+                self.record(failure);
             }
             // Completed while still the pump, so consumers see completions in order.
             done.complete_all();
-            let idle = pass.batch.is_none();
+            // A failure takes one more pass: it fails what is queued and seals the alert.
+            let idle = pass.batch.is_none() && !failed;
             if let Some(batch) = pass.batch {
                 self.issue_send(batch);
             }
-            if drained {
+            if failed {
+                self.pump_rx();
+            }
+            if failed || drained {
                 self.signal_drained();
             }
             if idle && self.tx.lock().pump.end() {
@@ -212,6 +224,8 @@ impl Shared {
             if matches!(&result, Ok(action) if action.owe_key_update) {
                 self.tx.lock().owe_key_update();
             }
+            // A pass that fails completes nothing with the failure (only what was delivered
+            // before it), so here the failure may follow the completions.
             done.complete_all();
             let idle = matches!(&result, Ok(action) if action.post.is_none() && !action.owe_key_update);
             match result {
