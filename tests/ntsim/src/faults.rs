@@ -43,9 +43,9 @@ pub struct Faults {
 }
 
 /// What can happen to a connected socket's connection, drawn once per WskSend and
-/// WskReceive from the socket's seeded generator: each field is the chance that the
-/// request is the one it happens under. The request is queued first, so it meets the
-/// fault with whatever else is pending.
+/// WskReceive the connection takes (not one refused at once) from the socket's seeded
+/// generator: each field is the chance that the request is the one it happens under. The
+/// request is queued first, so it meets the fault with whatever else is pending.
 #[derive(Clone, Debug, Default)]
 pub struct Breaks {
     /// The connection is reset: pending and later requests fail with
@@ -54,9 +54,10 @@ pub struct Breaks {
     /// The transport goes away: pending and later requests fail with
     /// STATUS_FILE_FORCED_CLOSED (as [`crate::Kernel::force_close_sockets`] does to all).
     pub forced_close: f64,
-    /// Nothing moves on the connection for a random time in `stall_time`: no byte is
-    /// written or read and nothing completes, then it carries on.
+    /// Nothing moves on the connection for a while: no byte is written or read and
+    /// nothing completes, then it carries on.
     pub stall: f64,
+    /// How long a stall lasts: uniform in this range.
     pub stall_time: (Duration, Duration),
 }
 

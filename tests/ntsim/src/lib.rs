@@ -63,6 +63,7 @@ pub use irql::{current_irql, with_irql};
 pub use kernel::{Config, EnterGuard, Kernel, Stats};
 pub use pnp::Device;
 pub use pool::PoolUsage;
+pub use rng::Rng;
 pub use secrets::ScanningHeap;
 pub use security::Caller;
 pub use verifier::{Report, Rule};

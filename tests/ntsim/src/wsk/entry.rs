@@ -270,8 +270,6 @@ fn over_tcp(k: &KernelInner, s: &Socket, req: Request, d: &Direction) -> NTSTATU
         return (d.null)(k, s, feed, req);
     }
     k.mdls.mark_in_flight(irp, mdls, segments.clone());
-    let mut st = st;
-    st.draw_breaks(k);
     (d.stream)(s, st, req.op(segments, 0))
 }
 
@@ -292,6 +290,7 @@ fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -
         return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE);
     }
     k.irps.remember_send(irp, op.segments.clone());
+    st.draw_breaks(&k);
     let faults = k.faults();
     let mut done = Vec::new();
     if !faults.pend_every_send
@@ -419,6 +418,7 @@ fn receive_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op
     if st.eof && st.receives.is_empty() {
         return finish_inline_unlocked(st, irp, STATUS_SUCCESS);
     }
+    st.draw_breaks(&k);
     let faults = k.faults();
     if !faults.pend_every_receive
         && !faults.split_receives

@@ -308,7 +308,7 @@ pub(super) fn read_some(stream: &mio::net::TcpStream, op: &Op, limit: usize) -> 
 
 impl State {
     /// Fails every pending request with `status` and makes the socket dead. With
-    /// `abortive`, the peer sees a reset.
+    /// `abortive`, the peer sees a reset (and the TCP socket is closed at once).
     pub(super) fn kill(&mut self, status: NTSTATUS, abortive: bool, done: &mut Vec<Completion>) {
         if let Phase::Dead(_) = self.phase {
             return;
@@ -323,10 +323,13 @@ impl State {
         if let Some(irp) = self.disconnect.take() {
             done.push((irp, status, 0));
         }
-        if let Some(stream) = &self.stream {
-            if abortive {
-                set_abortive(stream);
+        if abortive {
+            // An RST takes a close with SO_LINGER 0; shutdown alone would send a FIN,
+            // which the peer would take for a graceful end.
+            if let Some(stream) = self.stream.take() {
+                set_abortive(&stream);
             }
+        } else if let Some(stream) = &self.stream {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -341,8 +344,8 @@ impl State {
         }
     }
 
-    /// Draws the faults of `Faults::breaks` for one request on this connection, and counts
-    /// what it drew.
+    /// Draws the faults of `Faults::breaks` for one request this connection is about to
+    /// take (it goes to the provider thread if one is drawn), and counts what it drew.
     pub(super) fn draw_breaks(&mut self, k: &KernelInner) {
         let Some(b) = k.faults().breaks else { return };
         let c = &k.counters;
@@ -355,7 +358,8 @@ impl State {
                 c.forced_closes_injected.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if self.stalled_until.is_none() && self.rng.chance(b.stall) {
+        // A connection about to break does not stall first.
+        if self.breaking.is_none() && self.stalled_until.is_none() && self.rng.chance(b.stall) {
             let (lo, hi) = b.stall_time;
             let micros = self.rng.range(lo.as_micros() as u64, hi.as_micros() as u64);
             self.stalled_until = Some(Instant::now() + Duration::from_micros(micros));
