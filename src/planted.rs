@@ -10,7 +10,7 @@
 #[repr(u8)]
 pub enum Bug {
     /// The receive that takes a channel past 64 KiB of plaintext delivered skips the byte
-    /// after its last: the consumer's stream loses one byte.
+    /// after its last, if one is waiting already: the consumer's stream loses one byte.
     LoseReceivedByte = 1,
     /// A close that fails the channel's queued receives forgets the first: its IRP never
     /// completes.

@@ -13,13 +13,30 @@ use wsktls::planted::{Bug, plant};
 /// One planted soak at a time.
 static PLANTED: Mutex<()> = Mutex::new(());
 
+/// A bug planted until this is dropped, even by a failing test's unwinding.
+struct Planted;
+
+impl Planted {
+    fn new(bug: Bug) -> Planted {
+        plant(Some(bug));
+        Planted
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        plant(None);
+    }
+}
+
 /// Soaks for at most `seconds` with `bug` planted and returns what it reported.
 fn soak_with(bug: Bug, seconds: u64) -> String {
     let _one = PLANTED.lock().unwrap_or_else(|e| e.into_inner());
     let plan = Plan { duration: Duration::from_secs(seconds), ..Plan::from_env(seconds) };
-    plant(Some(bug));
-    let result = soak::run(&plan);
-    plant(None);
+    let result = {
+        let _planted = Planted::new(bug);
+        soak::run(&plan)
+    };
     match result {
         Ok(figures) => panic!("the soak kept every promise with {bug:?} planted:\n{figures}"),
         Err(broken) => broken,

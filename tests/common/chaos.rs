@@ -20,11 +20,12 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ntsim::Rng;
+
 use super::hostile::{
     ALERT, APPLICATION_DATA, FATAL, HANDSHAKE, KEY_UPDATE, MAX_FRAGMENT, NEW_SESSION_TICKET, Session,
     WARNING, handshake_message,
 };
-use super::soak::Rng;
 
 /// How the peer's side of the channel ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,6 +85,9 @@ pub struct Outcome {
     pub empty_records: u64,
     pub warnings: u64,
     pub pauses: u64,
+    /// How its side of the connection ended (for the soak's reports).
+    pub end: &'static str,
+    pub error: Option<io::ErrorKind>,
 }
 
 /// How long the peer waits for the driver's connection, and for anything after.
@@ -109,10 +113,12 @@ impl ChaosPeer {
         let (tx, outcome) = mpsc::channel();
         let stop = Arc::clone(&give_up);
         thread::spawn(move || {
-            let mut outcome = Outcome::default();
+            let mut outcome = Outcome { end: "never connected", ..Outcome::default() };
             if let Some(stream) = accept(&listener, &stop) {
                 drop(listener);
-                let _ = serve(stream, script, &mut outcome);
+                if let Err(e) = serve(stream, script, &mut outcome) {
+                    outcome.error = Some(e.kind());
+                }
             }
             let _ = tx.send(outcome);
         });
@@ -151,6 +157,7 @@ fn accept(listener: &TcpListener, give_up: &AtomicBool) -> Option<TcpStream> {
 }
 
 fn serve(stream: TcpStream, script: Script, outcome: &mut Outcome) -> io::Result<()> {
+    outcome.end = "in the handshake";
     if script.ending == Ending::SilentHandshake {
         drain(&stream);
         return Ok(());
@@ -158,12 +165,14 @@ fn serve(stream: TcpStream, script: Script, outcome: &mut Outcome) -> io::Result
     let mut peer =
         Echo { session: Session::accept(stream, None)?, rng: Rng::new(script.seed), pending: Vec::new() };
     outcome.handshaken = true;
+    outcome.end = "echoing";
     let armed = script.ending != Ending::Faithful;
     loop {
         let bound = if armed && outcome.misbehaved_at.is_none() { script.after } else { u64::MAX };
         peer.echo(outcome, bound)?;
         if armed && outcome.misbehaved_at.is_none() && outcome.echoed >= script.after {
             outcome.misbehaved_at = Some(outcome.echoed);
+            outcome.end = "misbehaved";
             return peer.misbehave(script.ending);
         }
         if peer.rng.chance(0.01) {
@@ -183,10 +192,22 @@ fn serve(stream: TcpStream, script: Script, outcome: &mut Outcome) -> io::Result
                 peer.echo(outcome, u64::MAX)?;
                 peer.session.send_alert(WARNING, rustls::AlertDescription::CloseNotify)?;
                 let _ = peer.session.stream().shutdown(Shutdown::Write);
+                outcome.end = "answered the driver's close_notify";
                 drain(peer.session.stream());
                 return Ok(());
             }
-            Ok(Some(_)) | Ok(None) => return Ok(()),
+            Ok(Some(r)) => {
+                outcome.end = if r.content_type == ALERT {
+                    "the driver's alert"
+                } else {
+                    "a record from the driver it did not expect"
+                };
+                return Ok(());
+            }
+            Ok(None) => {
+                outcome.end = "the driver closed";
+                return Ok(());
+            }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e),
         }

@@ -19,9 +19,10 @@
 //! - Close completes, and when it has, so has everything else;
 //! - at unload, no verifier report and nothing left (pool, IRPs, MDLs, sockets).
 //!
-//! Every random choice comes from one seed, printed at the start; the same seed draws the
-//! same channels, operations, peers and fault phases (the threads' interleaving, and so
-//! the exact moment a fault meets a request, is the machine's).
+//! Every random choice comes from one seed, printed at the start: the fault phases, ntsim's
+//! draws, and each worker's n-th channel (its peer, parameters and operations) are the
+//! same for the same seed. How many channels a worker gets through, and the moment a
+//! fault meets a request, are the machine's timing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -34,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use echo_peer::{Config as PeerConfig, Peer};
-use ntsim::{AllocKind, Breaks, Config, Faults, Kernel};
+use ntsim::{AllocKind, Breaks, Config, Faults, Kernel, Rng};
 use wsktls::nt::*;
 
 use super::chaos::{ChaosPeer, ENDINGS, Ending, Outcome, Script};
@@ -43,42 +44,14 @@ use super::peers::test_pki;
 use super::rig::{Good, Rig};
 use super::{Chain, Done, pattern};
 
-/// SplitMix64: the soak's one source of choices.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+/// A size up to `max`, small ones as likely as large (log-uniform).
+fn size(rng: &mut Rng, max: usize) -> usize {
+    let bits = rng.range(0, max.ilog2() as u64);
+    (rng.range(1 << bits, (2 << bits) - 1) as usize).min(max)
+}
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.next_u64() % (hi - lo + 1) }
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-
-    /// A size up to `max`, small ones as likely as large (log-uniform).
-    fn size(&mut self, max: usize) -> usize {
-        let bits = self.range(0, max.ilog2() as u64);
-        (self.range(1 << bits, (2 << bits) - 1) as usize).min(max)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.range(0, items.len() as u64 - 1) as usize]
-    }
+fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
+    items[rng.range(0, items.len() as u64 - 1) as usize]
 }
 
 /// A soak: its seed, how long it starts channels for, how many at once.
@@ -334,6 +307,14 @@ impl Shared {
         self.phases.lock().unwrap().len() - 1
     }
 
+    /// Sets the kernel's faults and records their kinds as one step, so no channel's life
+    /// can begin between the two and be judged against the phase before.
+    fn set_phase(&self, kernel: &Kernel, faults: Faults, kinds: u32) {
+        let mut phases = self.phases.lock().unwrap();
+        kernel.set_faults(faults);
+        phases.push(kinds);
+    }
+
     /// The fault kinds on at any time in phases `from..=to`.
     fn kinds(&self, from: usize, to: usize) -> u32 {
         self.phases.lock().unwrap()[from..=to].iter().fold(0, |a, k| a | k)
@@ -346,8 +327,7 @@ impl Shared {
         while !self.done.load(Ordering::Relaxed) {
             let (faults, kinds) =
                 if Instant::now() < deadline { draw_faults(&mut rng) } else { (Faults::default(), 0) };
-            kernel.set_faults(faults);
-            self.phases.lock().unwrap().push(kinds);
+            self.set_phase(kernel, faults, kinds);
             self.figures.lock().unwrap().fault_phases += 1;
             let until = Instant::now() + Duration::from_millis(rng.range(500, 3000));
             while Instant::now() < until && !self.done.load(Ordering::Relaxed) {
@@ -379,7 +359,7 @@ fn draw_faults(rng: &mut Rng) -> (Faults, u32) {
         faults.breaks = Some(breaks);
     }
     if rng.chance(0.15) {
-        let kind = rng.pick(&[AllocKind::Pool, AllocKind::Irp, AllocKind::Mdl]);
+        let kind = pick(rng, &[AllocKind::Pool, AllocKind::Irp, AllocKind::Mdl]);
         // A connect makes about a hundred allocations: most still open.
         faults.fail_allocations = Some((kind, rng.range(1, 20) as f64 / 2000.0));
         kinds |= ALLOCATIONS;
@@ -474,7 +454,7 @@ impl Life {
     }
 
     /// The stream position of the next byte a receive should deliver.
-    fn expected_position(&mut self) -> Option<u64> {
+    fn take_expected_position(&mut self) -> Option<u64> {
         while let Some(&(start, len)) = self.accepted.front() {
             if len > 0 {
                 if let Some(front) = self.accepted.front_mut() {
@@ -491,6 +471,8 @@ impl Life {
 
 struct Worker<'a> {
     n: usize,
+    seed: u64,
+    /// This life's choices: drawn from (seed, channel number).
     rng: Rng,
     shared: &'a Shared,
     slots: Vec<Slot>,
@@ -525,7 +507,7 @@ impl<'a> Worker<'a> {
                 }
             })
             .collect();
-        Worker { n, rng, shared, slots, done, channels: 0 }
+        Worker { n, seed, rng, shared, slots, done, channels: 0 }
     }
 
     fn violation(&self, what: String) {
@@ -535,6 +517,7 @@ impl<'a> Worker<'a> {
     fn run(mut self, deadline: Instant) {
         while Instant::now() < deadline && !self.shared.stop.load(Ordering::Relaxed) {
             self.channels += 1;
+            self.rng = Rng::new(self.seed ^ self.channels.wrapping_mul(0xD6E8_FEB8_6659_FD93));
             self.life();
         }
         let stuck = self.slots.iter().any(|s| s.busy.is_some());
@@ -581,7 +564,7 @@ impl<'a> Worker<'a> {
                 .rng
                 .chance(0.2)
                 .then(|| start + (until - start).mul_f64(self.rng.range(0, 100) as f64 / 100.0));
-            let most = self.rng.size(8 << 20) as u64;
+            let most = size(&mut self.rng, 8 << 20) as u64;
             while Instant::now() < until && !self.shared.stop.load(Ordering::Relaxed) {
                 if disconnect_at.is_some_and(|at| Instant::now() >= at) && !life.disconnected {
                     self.disconnect(&mut life);
@@ -602,10 +585,10 @@ impl<'a> Worker<'a> {
             let i = self.rng.range(0, self.shared.echo_peers.len() as u64 - 1) as usize;
             return (self.shared.echo_peers[i].1.addr(), PeerOf::Echo(i));
         }
-        let ending = self.rng.pick(&ENDINGS);
+        let ending = pick(&mut self.rng, &ENDINGS);
         let script = Script {
             ending,
-            after: self.rng.size(1 << 20) as u64,
+            after: size(&mut self.rng, 1 << 20) as u64,
             receive_buffer: self.rng.chance(0.2).then(|| self.rng.range(4 * 1024, 64 * 1024) as usize),
             seed: self.rng.next_u64(),
         };
@@ -683,7 +666,7 @@ impl<'a> Worker<'a> {
         let Some(i) = self.idle_slot(FIRST_SEND, SENDS) else { return };
         let capacity = self.slots[i].chain.buffers.iter().map(|b| b.len()).sum::<usize>();
         let offset = self.rng.range(0, self.slots[i].chain.buffers[0].len() as u64 - 1) as u32;
-        let len = self.rng.size(capacity - offset as usize);
+        let len = size(&mut self.rng, capacity - offset as usize);
         let bad_flags = self.rng.chance(0.02);
         let flags = if bad_flags {
             self.bad_flags()
@@ -719,7 +702,8 @@ impl<'a> Worker<'a> {
         let Some(i) = self.idle_slot(FIRST_RECEIVE, RECEIVES) else { return };
         let capacity = self.slots[i].chain.buffers.iter().map(|b| b.len()).sum::<usize>();
         let offset = self.rng.range(0, self.slots[i].chain.buffers[0].len() as u64 - 1) as u32;
-        let len = if whole { capacity - offset as usize } else { self.rng.size(capacity - offset as usize) };
+        let len =
+            if whole { capacity - offset as usize } else { size(&mut self.rng, capacity - offset as usize) };
         let bad_flags = !whole && self.rng.chance(0.02);
         let flags = if whole {
             WSK_FLAG_WAITALL
@@ -749,7 +733,7 @@ impl<'a> Worker<'a> {
     /// Flags neither Send nor Receive takes (WSK_FLAG_NODELAY and WSK_FLAG_WAITALL are
     /// one bit, each call's own).
     fn bad_flags(&mut self) -> u32 {
-        self.rng.pick(&[WSK_FLAG_ABORTIVE, WSK_FLAG_DRAIN, WSK_FLAG_AT_DISPATCH_LEVEL, 0x100])
+        pick(&mut self.rng, &[WSK_FLAG_ABORTIVE, WSK_FLAG_DRAIN, WSK_FLAG_AT_DISPATCH_LEVEL, 0x100])
     }
 
     fn query(&mut self, life: &mut Life) {
@@ -819,8 +803,13 @@ impl<'a> Worker<'a> {
         if self.wait(life, CLOSE, CLOSE_WAIT).is_none() {
             return;
         }
-        // Close completes after what was pending on the channel; a Disconnect's IRP may
-        // still be on its way out of its work item.
+        // Close completes after what was pending on the channel, and those completions
+        // reached this thread first (`wait` books in arrival order).
+        let left: Vec<_> = self.slots.iter().filter_map(|s| s.busy.map(|b| b.call)).collect();
+        if left.iter().any(|c| matches!(c, Call::Send { .. } | Call::Receive { .. })) {
+            self.violation(format!("Close completed before these requests did: {left:?}"));
+        }
+        // A Disconnect's IRP may still be on its way out of its work item.
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.slots.iter().any(|s| s.busy.is_some()) && Instant::now() < deadline {
             self.book_arrived(life, Duration::from_millis(10));
@@ -837,9 +826,17 @@ impl<'a> Worker<'a> {
         if life.failures.is_empty() || life.failures.iter().any(|s| *s != STATUS_FILE_FORCED_CLOSED) {
             return;
         }
-        if self.slots[DISCONNECT].busy.is_none() {
-            self.disconnect(life);
+        if self.slots[DISCONNECT].busy.is_some() {
+            let earlier = self.wait(life, DISCONNECT, CLOSE_WAIT);
+            // One that got through (or timed out) before the failure has nothing to say.
+            if earlier.is_none_or(|d| ![STATUS_SUCCESS, STATUS_IO_TIMEOUT].contains(&d.status)) {
+                if let Some(d) = earlier {
+                    life.failures.push(d.status);
+                }
+                return;
+            }
         }
+        self.disconnect(life);
         if let Some(done) = self.wait(life, DISCONNECT, CLOSE_WAIT) {
             life.failures.push(done.status);
         }
@@ -954,7 +951,11 @@ impl<'a> Worker<'a> {
             ));
         }
         let transfer = matches!(busy.call, Call::Send { .. } | Call::Receive { .. });
-        if transfer && busy.after_failure && !busy.bad_flags && done.status != STATUS_FILE_FORCED_CLOSED {
+        if transfer
+            && busy.after_failure
+            && !busy.bad_flags
+            && (done.status != STATUS_FILE_FORCED_CLOSED || done.bytes != 0)
+        {
             self.violation(format!(
                 "{:?} issued after the channel failed completed with {done:?}",
                 busy.call
@@ -1011,7 +1012,7 @@ impl<'a> Worker<'a> {
         let (mut wrong, mut beyond) = (None, false);
         let at = life.received;
         // Each byte's expected position comes from the accepted sends, in order.
-        self.slots[done.id].chain.for_each(at, done.bytes, |offset, b| match life.expected_position() {
+        self.slots[done.id].chain.for_each(at, done.bytes, |offset, b| match life.take_expected_position() {
             Some(p) if *b != pattern(base + p) => wrong = wrong.or(Some(offset)),
             Some(_) => {}
             None => beyond = true,
@@ -1043,9 +1044,10 @@ impl<'a> Worker<'a> {
             allowed.push(STATUS_CANCELLED);
         }
         if kinds & BREAKS != 0 {
-            allowed.extend([STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED, STATUS_CONNECTION_ABORTED]);
+            allowed.extend([STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED]);
         }
-        if kinds & (STALLS | UNANSWERED) != 0 {
+        // Stalls last at most 300 ms: too short for a connect or handshake timeout.
+        if kinds & UNANSWERED != 0 {
             allowed.push(STATUS_IO_TIMEOUT);
         }
         if kinds & ALLOCATIONS != 0 {
@@ -1070,13 +1072,17 @@ impl<'a> Worker<'a> {
         for status in &life.failures {
             if !allowed.contains(status) {
                 self.violation(format!(
-                    "failed with {status:?}, which nothing injected explains (fault kinds {kinds:#x}, peer {:?}, all: {:?})",
+                    "failed with {status:?}, which nothing injected explains (fault kinds {kinds:#x}, peer {:?}, \
+                     its end: {:?}, all: {:?})",
                     script.map(|s| s.ending),
+                    outcome.map(|o| (o.end, o.error)),
                     life.failures
                 ));
             }
         }
         if let Some(s) = life.disconnect {
+            // A Disconnect may time out honestly: our sends cannot drain while a peer with
+            // a small window waits for a consumer that is not reading.
             let ok = s.is_success() || s == STATUS_IO_TIMEOUT || allowed.contains(&s);
             if !ok {
                 self.violation(format!("Disconnect completed with {s:?}"));
@@ -1153,7 +1159,7 @@ impl<'a> Worker<'a> {
 /// A chain of 1 to 6 pool buffers of random sizes, `most` bytes in all at most.
 fn chain(rng: &mut Rng, most: usize) -> Chain {
     let count = rng.range(1, 6) as usize;
-    let mut sizes: Vec<usize> = (0..count).map(|_| rng.size(most / count).max(1)).collect();
+    let mut sizes: Vec<usize> = (0..count).map(|_| size(rng, most / count).max(1)).collect();
     if rng.chance(0.5) {
         // One buffer big enough for the largest requests.
         let total: usize = sizes.iter().sum();
