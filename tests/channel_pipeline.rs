@@ -14,7 +14,7 @@ use common::proxy::{Fault, Proxy};
 use common::{Done, STALL, TAG_TEST, client};
 use echo_peer::{Config as PeerConfig, Mode, Peer};
 use ntsim::{Breaks, Config, Faults, Kernel};
-use wsktls::channel::{Channel, State};
+use wsktls::channel::{Channel, ReceiveStats, State};
 use wsktls::interface;
 use wsktls::nt::{
     NTSTATUS, PoolBuffer, STATUS_CANCELLED, STATUS_CONNECTION_RESET, STATUS_FILE_FORCED_CLOSED,
@@ -144,6 +144,19 @@ fn a_forced_close_of_the_socket_fails_the_channel_with_forced_closed() {
     kernel.finish();
 }
 
+/// Waits (2 s at most) until a channel from a Source peer whose consumer is not reading
+/// has filled its receive buffer and stopped posting receives; its receive side then.
+fn receiving_stops(channel: &Channel) -> ReceiveStats {
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(10));
+        let r = channel.info().received;
+        if !r.receive_posted {
+            return r;
+        }
+    }
+    panic!("the receive buffer fills and receiving stops");
+}
+
 /// What a consumer's completion routine does with a send that failed: sends again at
 /// once, from the routine, as a driver that retries might; the second call's return.
 struct Retry {
@@ -182,11 +195,7 @@ fn a_send_issued_from_the_completion_of_a_send_the_transport_failed_is_refused_a
             Channel::connect(&client, &channel_config(source.addr(), "localhost")).expect("connect");
         // Nobody reads: once the receive buffer is full no WskReceive is posted, so only
         // the send pipeline can learn of the reset.
-        let deadline = std::time::Instant::now() + STALL;
-        while channel.info().received.receive_posted {
-            assert!(std::time::Instant::now() < deadline, "the receive buffer fills");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        receiving_stops(&channel);
         // From now on the first WskSend resets the connection.
         kernel.set_faults(Faults {
             breaks: Some(Breaks { reset: 1.0, ..Breaks::default() }),
@@ -236,16 +245,7 @@ fn a_consumer_that_stops_reading_holds_a_bounded_buffer_and_no_receive_is_posted
         let channel =
             Channel::connect(&client, &channel_config(source.addr(), "localhost")).expect("connect");
         // Nobody reads: the receive buffer fills, and then no receive is posted.
-        let mut full = None;
-        for _ in 0..200 {
-            std::thread::sleep(Duration::from_millis(10));
-            let r = channel.info().received;
-            if !r.receive_posted {
-                full = Some(r);
-                break;
-            }
-        }
-        let full = full.expect("the receive buffer fills and receiving stops");
+        let full = receiving_stops(&channel);
         assert!(full.buffered_bytes <= full.buffer_capacity, "{full:?}");
         let sent = source.stats().bytes_sent();
         std::thread::sleep(Duration::from_millis(200));
