@@ -1,11 +1,12 @@
-//! Bugs a host test can plant in the driver, to show that the soak (tests/soak.rs) catches
-//! each kind of fault it promises to: a byte lost, an IRP never completed, pool leaked.
+//! Bugs a host test can plant in the driver, to show that the checks that should catch
+//! them do: the soak (tests/soak_planted.rs) a byte lost, an IRP never completed, pool
+//! leaked; the low-resources sweep a leak on a failure path.
 //! The kernel image has no switch: there `planted` is a constant `false` and every planted
 //! branch is compiled out.
 
-/// The bugs there are to plant. Each fires only on a path the soak reaches by chance (a
-/// channel past 64 KiB, a close with receives queued, a send failed in flight), so a
-/// test that finds it shows that the soak's random walk gets there.
+/// The bugs there are to plant. Each fires only on a path a test reaches by chance or by
+/// design (a channel past 64 KiB, a close with receives queued, a send failed in flight,
+/// a handshake failed), so a test that finds it shows that it gets there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Bug {
@@ -18,6 +19,10 @@ pub enum Bug {
     /// A send that failed in flight keeps its buffers instead of returning them: pool
     /// leaked until unload.
     LeakFailedSendBuffers = 3,
+    /// A handshake that fails keeps the channel's receive buffer: pool leaked until
+    /// unload, on a failure path only a failed allocation or a hostile peer reaches
+    /// (tests/low_resources.rs).
+    LeakReceiveBufferOnFailedHandshake = 4,
 }
 
 #[cfg(not(windows))]

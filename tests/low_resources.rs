@@ -5,7 +5,8 @@
 //! and nothing left at unload (the kernel's verifier and leak check).
 //!
 //! The consumer's own IRPs and buffers are made before each step, so every allocation
-//! counted inside a step is wsktls's (or the WSK provider's it asked for).
+//! counted inside a step is wsktls's (or the WSK provider's it asked for). The last test
+//! plants a leak on a failure path (`wsktls::planted`) and requires the sweep to report it.
 
 mod common;
 
@@ -13,10 +14,12 @@ use std::fmt;
 use std::sync::mpsc::{self, Receiver};
 
 use common::consumer::ConsumerIrp;
+use common::planted;
 use common::rig::{Good, Rig, WAIT};
 use common::{Chain, Done, pattern};
 use ntsim::{Faults, InjectedFailure};
 use wsktls::nt::*;
+use wsktls::planted::Bug;
 
 /// The consumer's steps, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,10 +203,20 @@ fn sweep(faults: Faults) {
 
 #[test]
 fn every_allocation_of_a_channels_life_fails_in_turn_with_a_clean_status_and_nothing_left() {
+    let _clean = planted::none();
     sweep(Faults::default());
 }
 
 #[test]
 fn every_allocation_fails_in_turn_as_well_when_every_completion_is_late_split_and_at_dispatch() {
+    let _clean = planted::none();
     sweep(Faults::hostile_transport());
+}
+
+#[test]
+fn the_sweep_reports_a_receive_buffer_a_failed_handshake_keeps() {
+    let _planted = planted::one(Bug::LeakReceiveBufferOnFailedHandshake);
+    let failed = std::panic::catch_unwind(|| sweep(Faults::default())).expect_err("the sweep finds the leak");
+    let report = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(report.contains("left behind or reported") && report.contains("WtRx"), "{report}");
 }

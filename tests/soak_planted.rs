@@ -1,40 +1,20 @@
 //! The soak fails on bugs planted in the driver (`wsktls::planted`, host builds only):
 //! each promise it checks, shown broken once. A bug is planted for the whole process, so
-//! these soaks run one at a time, in a binary of their own.
+//! these soaks run one at a time (`common::planted`), in a binary of their own.
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use common::planted;
 use common::soak::{self, Plan};
-use wsktls::planted::{Bug, plant};
-
-/// One planted soak at a time.
-static PLANTED: Mutex<()> = Mutex::new(());
-
-/// A bug planted until this is dropped, even by a failing test's unwinding.
-struct Planted;
-
-impl Planted {
-    fn new(bug: Bug) -> Planted {
-        plant(Some(bug));
-        Planted
-    }
-}
-
-impl Drop for Planted {
-    fn drop(&mut self) {
-        plant(None);
-    }
-}
+use wsktls::planted::Bug;
 
 /// Soaks for at most `seconds` with `bug` planted and returns what it reported.
 fn soak_with(bug: Bug, seconds: u64) -> String {
-    let _one = PLANTED.lock().unwrap_or_else(|e| e.into_inner());
     let plan = Plan { duration: Duration::from_secs(seconds), ..Plan::from_env(seconds) };
     let result = {
-        let _planted = Planted::new(bug);
+        let _planted = planted::one(bug);
         soak::run(&plan)
     };
     match result {

@@ -17,6 +17,7 @@ use crate::nt::{
     Event, NTSTATUS, PoolBox, PoolBuffer, STATUS_INVALID_PARAMETER, STATUS_IO_TIMEOUT, SpinLock,
     interrupt_time_100ns, pool_tag, with_expanded_stack,
 };
+use crate::planted::{Bug, planted};
 use crate::platform::PLATFORM;
 use crate::tls::record::MAX_RECORD;
 use crate::tls::{Established, HandshakeError, Lender, TlsError, Transport, handshake};
@@ -111,7 +112,16 @@ impl Channel {
         let established = established.map_err(|e| match e {
             HandshakeError::Transport(status) => status,
             HandshakeError::Tls(e) => status_of(e),
-        })?;
+        });
+        let established = match established {
+            Ok(established) => established,
+            Err(status) => {
+                if planted(Bug::LeakReceiveBufferOnFailedHandshake) {
+                    core::mem::forget(receive_buffer);
+                }
+                return Err(status);
+            }
+        };
         Ok((socket, established, receive_buffer))
     }
 

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod consumer;
 pub mod hostile;
 pub mod peers;
+pub mod planted;
 pub mod proxy;
 pub mod requests;
 pub mod rig;
