@@ -313,7 +313,10 @@ impl Tx {
         loop {
             let unsealed = (self.queued - self.sealed).min(self.fill as u64) as usize;
             let need_key_update = self.key_update_owed || self.sealer.records_left() <= 1;
-            let send_close_notify = unsealed == 0 && self.close_notify == CloseNotify::Requested;
+            // After every byte queued before it, and after a KeyUpdate owed (which this
+            // record then is; the close_notify follows under the new key).
+            let send_close_notify =
+                !need_key_update && unsealed == 0 && self.close_notify == CloseNotify::Requested;
             let len = if need_key_update {
                 KEY_UPDATE_LEN
             } else if send_close_notify {
