@@ -75,6 +75,72 @@ fn bytes_a_waitall_receive_holds_at_a_fault_go_with_the_failure_and_count_as_rec
     );
 }
 
+/// A channel lent to another thread, as a consumer's Disconnect runs on a work item while
+/// its completions run elsewhere.
+struct OtherThread<'a>(&'a Channel);
+
+// SAFETY: a channel is driven from many threads at once in the kernel (calls, completion
+// routines, work items); Channel keeps its state under its own locks.
+unsafe impl Send for OtherThread<'_> {}
+
+impl<'a> OtherThread<'a> {
+    /// The channel, on the thread this was sent to (a method, so a closure takes `self`
+    /// whole and not its field, which is not Send).
+    fn channel(self) -> &'a Channel {
+        self.0
+    }
+}
+
+#[test]
+fn a_key_update_owed_when_disconnect_comes_is_sent_before_close_notify_and_close_notify_still_goes() {
+    // Small TCP buffers and a peer that is not reading: the driver's sends stay pending.
+    let faults = Faults { send_buffer_bytes: Some(4096), ..Faults::default() };
+    let kernel = Kernel::boot_with(ntsim::Config { faults, ..ntsim::Config::default() });
+    let hostile = HostilePeer::start_with(Options { receive_buffer: Some(4096), ..Options::default() });
+    {
+        let _in = kernel.enter();
+        let client = client();
+        let mut config = channel_config(hostile.addr(), "localhost");
+        config.send_budget = Some(1 << 20);
+        let channel = Channel::connect(&client, &config).expect("connect");
+        let mut peer = hostile.session(STALL);
+        // Every byte is sealed at once (the budget is large), and every one of the four
+        // send slots holds a batch the socket has not taken: one of 40 KiB, three small.
+        let sends: Vec<_> =
+            [40 * 1024, 100, 100, 100].iter().map(|&n| Request::send(&channel, &vec![7; n]).0).collect();
+        // The peer asks for a KeyUpdate, which the driver owes but has no slot to send...
+        peer.send_key_update(true).expect("KeyUpdate");
+        let deadline = Instant::now() + STALL;
+        while channel.info().received.key_updates == 0 {
+            assert!(Instant::now() < deadline, "the driver takes the KeyUpdate");
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::scope(|s| {
+            // ...when the consumer disconnects: close_notify is asked for behind it.
+            let (on, kernel) = (OtherThread(&channel), &kernel);
+            let disconnect = s.spawn(move || {
+                let _in = kernel.enter();
+                on.channel().disconnect(10_000)
+            });
+            thread::sleep(Duration::from_millis(100));
+            // The peer reads: the data, then our KeyUpdate, then close_notify under the
+            // new key (read_record follows the KeyUpdate).
+            let mut last = Vec::new();
+            while let Some(r) = peer.read_record(STALL).expect("every record opens") {
+                last.push((r.content_type, r.content.first().copied()));
+            }
+            let tail = &last[last.len().saturating_sub(2)..];
+            assert_eq!(tail, [(HANDSHAKE, Some(KEY_UPDATE)), (ALERT, Some(WARNING))], "{last:?}");
+            assert_eq!(disconnect.join().expect("joined"), Ok(()));
+        });
+        for send in &sends {
+            assert_eq!(send.wait().status, STATUS_SUCCESS);
+        }
+        channel.close();
+    }
+    kernel.finish();
+}
+
 /// Opens a channel (with `config` adjusted) to a hostile peer made with `options` and runs
 /// `test` with the channel and the peer's side of the connection.
 fn with_peer(options: Options, adjust: impl FnOnce(&mut ChannelConfig), test: impl FnOnce(Channel, Session)) {
