@@ -85,9 +85,11 @@ pub struct Outcome {
     pub empty_records: u64,
     pub warnings: u64,
     pub pauses: u64,
-    /// How its side of the connection ended (for the soak's reports).
+    /// How its side of the connection ended, after how many of the driver's records (for
+    /// the soak's reports).
     pub end: &'static str,
     pub error: Option<io::ErrorKind>,
+    pub records_read: u64,
 }
 
 /// How long the peer waits for the driver's connection, and for anything after.
@@ -179,7 +181,9 @@ fn serve(stream: TcpStream, script: Script, outcome: &mut Outcome) -> io::Result
             outcome.pauses += 1;
             thread::sleep(Duration::from_millis(peer.rng.range(20, 400)));
         }
-        match peer.session.read_record(POLL) {
+        let record = peer.session.read_record(POLL);
+        outcome.records_read += matches!(record, Ok(Some(_))) as u64;
+        match record {
             Ok(Some(r)) if r.content_type == APPLICATION_DATA => peer.pending.extend_from_slice(&r.content),
             Ok(Some(r)) if r.content_type == HANDSHAKE && r.content.first() == Some(&KEY_UPDATE) => {
                 // The driver's KeyUpdate (read_record follows it); answer one that asks.

@@ -27,10 +27,13 @@ pub(super) fn judge(
         if !allowed.contains(status) {
             wrong.push(format!(
                 "failed with {status:?}, which nothing injected explains (fault kinds {kinds:#x}, peer {:?}, \
-                 its end: {:?}, all: {:?})",
+                 its end: {:?}, all: {:?}; {} of {} bytes back, disconnect {:?})",
                 script.map(|s| s.ending),
-                outcome.map(|o| (o.end, o.error)),
-                life.failures
+                outcome.map(|o| (o.end, o.error, o.records_read, o.echoed)),
+                life.failures,
+                life.received,
+                life.sent,
+                life.disconnect,
             ));
         }
     }
