@@ -290,8 +290,8 @@ fn send_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op) -
         return finish_inline_unlocked(st, irp, STATUS_INVALID_DEVICE_STATE);
     }
     k.irps.remember_send(irp, op.segments.clone());
-    st.draw_breaks(&k);
     let faults = k.faults();
+    st.draw_breaks(&k, faults.breaks.as_ref());
     let mut done = Vec::new();
     if !faults.pend_every_send
         && !faults.split_sends
@@ -418,8 +418,8 @@ fn receive_body(s: &Socket, mut st: std::sync::MutexGuard<'_, State>, mut op: Op
     if st.eof && st.receives.is_empty() {
         return finish_inline_unlocked(st, irp, STATUS_SUCCESS);
     }
-    st.draw_breaks(&k);
     let faults = k.faults();
+    st.draw_breaks(&k, faults.breaks.as_ref());
     if !faults.pend_every_receive
         && !faults.split_receives
         && faults.completion_delay.is_none()

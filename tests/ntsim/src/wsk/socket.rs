@@ -22,6 +22,7 @@ use wsktls_nt::{
 
 use super::CONNECTION_DISPATCH;
 use super::null::{self, Feed, NullSource};
+use crate::faults::Breaks;
 use crate::kernel::{KernelInner, lock};
 use crate::mdl::Segment;
 use crate::rng::Rng;
@@ -344,10 +345,11 @@ impl State {
         }
     }
 
-    /// Draws the faults of `Faults::breaks` for one request this connection is about to
-    /// take (it goes to the provider thread if one is drawn), and counts what it drew.
-    pub(super) fn draw_breaks(&mut self, k: &KernelInner) {
-        let Some(b) = k.faults().breaks else { return };
+    /// Draws the faults of `breaks` (the request's `Faults::breaks`) for one request this
+    /// connection is about to take (it goes to the provider thread if one is drawn), and
+    /// counts what it drew.
+    pub(super) fn draw_breaks(&mut self, k: &KernelInner, breaks: Option<&Breaks>) {
+        let Some(b) = breaks else { return };
         let c = &k.counters;
         if self.breaking.is_none() {
             if self.rng.chance(b.reset) {
